@@ -1,0 +1,130 @@
+"""Where things live and how they run: folders from environment variables, device, autocast, seeds.
+
+Every folder the suite reads or writes is resolved here, so one environment variable moves it:
+
+| variable          | meaning                                              | default                      |
+|-------------------|------------------------------------------------------|------------------------------|
+| CLIPLAB_DATA      | folder holding datasets (e.g. ``eurosat_rgb/``)      | ``~/.cache/cliplab/data``    |
+| CLIPLAB_CACHE     | features, model weights, synthetic data, checkpoints | ``~/.cache/cliplab``         |
+| CLIPLAB_OUT       | where ``pics/`` and ``supplementary/`` are written   | the project folder           |
+| CLIPLAB_PROFILE   | profile used by notebooks outside papermill          | ``smoke``                    |
+| CLIPLAB_DEVICE    | force ``cpu`` / ``cuda`` / ``cuda:1``                | cuda if available, else cpu  |
+| CLIPLAB_AUTOCAST  | force ``bf16`` / ``fp16`` / ``fp32``                 | see :func:`autocast_dtype`   |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser().resolve() if value else default
+
+
+def cache_dir() -> Path:
+    """Root of everything the suite may recompute (features, weights, synthetic data)."""
+    return _env_path("CLIPLAB_CACHE", Path.home() / ".cache" / "cliplab")
+
+
+def data_root() -> Path:
+    """Folder that holds datasets; ``<data_root>/eurosat_rgb`` is where EuroSAT is looked for."""
+    return _env_path("CLIPLAB_DATA", cache_dir() / "data")
+
+
+def output_root() -> Path:
+    """Folder that holds ``pics/`` and ``supplementary/`` (the project folder unless overridden)."""
+    default = PROJECT_ROOT if (PROJECT_ROOT / "notebooks").is_dir() else Path.cwd()
+    return _env_path("CLIPLAB_OUT", default)
+
+
+def profile_name(default: str = "smoke") -> str:
+    return os.environ.get("CLIPLAB_PROFILE", "").strip() or default
+
+
+def pics_dir(profile: str | None = None) -> Path:
+    """Figures of one profile: ``pics/<profile>/`` (smoke figures never mix with real ones)."""
+    return output_root() / "pics" / (profile or profile_name())
+
+
+def supplementary_dir(profile: str | None = None) -> Path:
+    """Records, tables and the report of one profile: ``supplementary/<profile>/``."""
+    return output_root() / "supplementary" / (profile or profile_name())
+
+
+def results_dir(profile: str | None = None) -> Path:
+    """Result records (JSON lines) live here; tables and the report are rebuilt from them."""
+    return supplementary_dir(profile) / "results"
+
+
+def device() -> torch.device:
+    """CUDA when present (or CLIPLAB_DEVICE), else CPU."""
+    forced = os.environ.get("CLIPLAB_DEVICE", "").strip()
+    if forced:
+        return torch.device(forced)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels here (AVX512-BF16 or AMX); otherwise bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def autocast_dtype(dev: torch.device | str | None = None) -> torch.dtype:
+    """fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (autocast then becomes a no-op)."""
+    forced = os.environ.get("CLIPLAB_AUTOCAST", "").strip().lower()
+    if forced:
+        if forced not in _DTYPES:
+            raise ValueError(f"CLIPLAB_AUTOCAST={forced!r}: use one of {sorted(_DTYPES)}")
+        return _DTYPES[forced]
+    dev = torch.device(dev) if dev is not None else device()
+    if dev.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]
+
+
+def autocast(dev: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    """Mixed-precision context for ``dev``; weights stay fp32, matmuls run in the autocast dtype."""
+    dev = torch.device(dev) if dev is not None else device()
+    dtype = dtype or autocast_dtype(dev)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=dtype)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> int:
+    """Seed python, numpy and torch (all devices); optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return seed
+
+
+def num_workers() -> int:
+    """DataLoader workers: leave the cores to the model on small machines, use more on big ones."""
+    forced = os.environ.get("CLIPLAB_WORKERS", "").strip()
+    if forced:
+        return int(forced)
+    return max(1, min(8, (os.cpu_count() or 2) // 2))

@@ -1,0 +1,301 @@
+"""One string names a CLIP model everywhere: ``openai:<name>``, ``file:<path>``, ``scratch:<config>``.
+
+- ``openai:ViT-B/32`` -- ``clip.load`` with the download folder ``<CLIPLAB_CACHE>/clip``; offline
+  and missing, the error names the file to place and the folder to place it in.
+- ``file:path/to/x.pt`` -- a local checkpoint: OpenAI TorchScript archive or OpenAI state dict
+  (what :func:`save_openai_state_dict` writes), loaded by ``clip.load`` itself.
+- ``scratch:<config>[,key=value...][@seed]`` -- the architecture with random weights, e.g.
+  ``scratch:ViT-B/32``, ``scratch:tiny-vit@1``, ``scratch:tiny-rn,res=64``. Never a result.
+
+Weights are always fp32 (also on CUDA); speed comes from autocast in :mod:`helpers.features`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import clip
+import torch
+from clip.model import CLIP, build_model
+
+from . import config, storage
+from .transforms import clip_transform
+
+
+class ModelSpecError(ValueError):
+    """A model spec string that does not name a model."""
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Weights are not on disk and cannot be downloaded; the message says what to place where."""
+
+
+# CLIP(embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+#      context_length, vocab_size, transformer_width, transformer_heads, transformer_layers)
+# Head counts follow clip.model.build_model (width // 64) so saved checkpoints load back unchanged.
+SCRATCH_CONFIGS: dict[str, dict] = {
+    "ViT-B/32": dict(embed=512, res=224, layers=12, width=768, patch=32, ctx=77, text_width=512, text_layers=12),
+    "ViT-B/16": dict(embed=512, res=224, layers=12, width=768, patch=16, ctx=77, text_width=512, text_layers=12),
+    "RN50": dict(embed=1024, res=224, layers=(3, 4, 6, 3), width=64, patch=None, ctx=77, text_width=512, text_layers=12),
+    "RN101": dict(embed=512, res=224, layers=(3, 4, 23, 3), width=64, patch=None, ctx=77, text_width=512, text_layers=12),
+    # small enough for tests and the smoke profile (seconds on a laptop CPU)
+    "tiny-vit": dict(embed=64, res=32, layers=2, width=64, patch=8, ctx=32, text_width=64, text_layers=2),
+    "tiny-rn": dict(embed=64, res=32, layers=(1, 1, 1, 1), width=16, patch=None, ctx=32, text_width=64, text_layers=2),
+}
+VOCAB_SIZE = 49408  # clip's BPE tokenizer
+
+
+def _build_scratch(cfg: dict) -> CLIP:
+    layers = cfg["layers"]
+    layers = tuple(layers) if isinstance(layers, (list, tuple)) else int(layers)
+    if cfg["text_width"] % 64 or (not isinstance(layers, tuple) and cfg["width"] % 64):
+        raise ModelSpecError("transformer widths must be multiples of 64 (clip derives heads as width // 64)")
+    return CLIP(cfg["embed"], cfg["res"], layers, cfg["width"], cfg["patch"], cfg["ctx"], VOCAB_SIZE,
+                cfg["text_width"], cfg["text_width"] // 64, cfg["text_layers"])
+
+
+def parse_scratch(spec_body: str) -> tuple[dict, int]:
+    """``tiny-vit,res=64,layers=4@3`` -> (config dict, seed)."""
+    body, _, seed = spec_body.partition("@")
+    name, *overrides = re.split(r",(?![^()\[\]]*[)\]])", body)  # commas inside (..) belong to a tuple
+    if name not in SCRATCH_CONFIGS:
+        raise ModelSpecError(f"scratch:{name} is not a known config; known: {sorted(SCRATCH_CONFIGS)}")
+    cfg = dict(SCRATCH_CONFIGS[name])
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or key not in cfg:
+            raise ModelSpecError(f"scratch override {item!r}: use key=value with key in {sorted(cfg)}")
+        try:
+            parsed = json.loads(value.replace("(", "[").replace(")", "]")) if value not in ("None", "none") else None
+        except json.JSONDecodeError:
+            parsed = float("nan")  # rejected just below
+        if not (parsed is None or type(parsed) is int
+                or (isinstance(parsed, list) and parsed and all(type(v) is int for v in parsed))):
+            raise ModelSpecError(f"scratch override {item!r}: the value must be an integer, a tuple of "
+                                 "integers like (3,4,6,3), or None")
+        cfg[key] = parsed
+    try:
+        return cfg, int(seed or 0)
+    except ValueError:
+        raise ModelSpecError(f"scratch:{spec_body}: the seed after '@' must be an integer, got {seed!r}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A CLIP model ready to encode, with its preprocessing and the facts a record states about it."""
+
+    spec: str
+    model: CLIP
+    weights_sha256: str
+    status: str  # "pretrained" | "checkpoint" | "untrained"
+    source_file: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def resolution(self) -> int:
+        return int(self.model.visual.input_resolution)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.context_length)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1])
+
+    @property
+    def trained(self) -> bool:
+        return self.status != "untrained"
+
+    def transform(self, interpolation: str = "bicubic"):
+        """(transform, card) matching this model's input resolution."""
+        return clip_transform(self.resolution, interpolation)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return clip.tokenize(texts, context_length=self.context_length, truncate=True)
+
+    def card(self) -> dict:
+        visual = self.model.visual
+        return {
+            "spec": self.spec,
+            "status": self.status,
+            "weights_sha256": self.weights_sha256,
+            "source_file": self.source_file,
+            "image_tower": type(visual).__name__,
+            "input_resolution": self.resolution,
+            "embed_dim": self.embed_dim,
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            **({"meta": self.meta} if self.meta else {}),
+        }
+
+
+def openai_weights_path(name: str) -> tuple[Path, str, str]:
+    """(file path in the cache, expected sha256, download URL) of an OpenAI model."""
+    if name not in clip.available_models():
+        raise ModelSpecError(f"openai:{name} is not an OpenAI CLIP model; available: {clip.available_models()}")
+    url = clip.clip._MODELS[name]
+    return config.cache_dir() / "clip" / Path(url).name, url.split("/")[-2], url
+
+
+def missing_weights(spec: str) -> str | None:
+    """Why ``spec`` cannot be loaded without network (None when its weights are on disk or not needed)."""
+    kind, _, body = spec.partition(":")
+    if kind == "openai":
+        path, sha, url = openai_weights_path(body)
+        if not path.is_file() or storage.sha256_file(path) != sha:
+            return _missing_message(spec, path, url)
+    elif kind == "file" and not Path(body).expanduser().is_file():
+        return f"{spec}: checkpoint file {Path(body).expanduser()} does not exist; place the .pt file there"
+    return None
+
+
+def _missing_message(spec: str, path: Path, url: str) -> str:
+    return (f"{spec} needs the weights file {path.name} (sha256 in its URL) in {path.parent}. "
+            f"Download it from {url} on a machine with network and copy it to {path}, "
+            f"or set CLIPLAB_CACHE to a folder whose clip/ subfolder holds it.")
+
+
+def load_model(spec: str, device: torch.device | str | None = None) -> LoadedModel:
+    """Load the model a spec names, in eval mode, fp32 weights, on ``device``."""
+    dev = torch.device(device) if device is not None else config.device()
+    kind, sep, body = spec.partition(":")
+    if not sep or not body:
+        raise ModelSpecError(f"model spec {spec!r}: use openai:<name>, file:<path> or scratch:<config>")
+    if kind == "openai":
+        model = _load_openai(spec, body)
+        path, sha, _ = openai_weights_path(body)
+        source, status = str(path), "pretrained"
+    elif kind == "file":
+        path = Path(body).expanduser().resolve()
+        if not path.is_file():
+            raise WeightsNotFoundError(missing_weights(spec))
+        model = _load_checkpoint_file(path, spec)
+        sha, source, status = storage.sha256_file(path), str(path), "checkpoint"
+    elif kind == "scratch":
+        cfg, seed = parse_scratch(body)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                model = _build_scratch(cfg)
+            except (TypeError, ZeroDivisionError, RuntimeError) as e:  # e.g. patch=None on a ViT
+                raise ModelSpecError(f"{spec}: this config does not build a CLIP model ({type(e).__name__}: {e})") from e
+        sha, source, status = storage.sha256_state_dict(model.state_dict()), None, "untrained"
+    else:
+        raise ModelSpecError(f"model spec {spec!r}: unknown kind {kind!r} (openai, file, scratch)")
+    meta = _read_sidecar(source)
+    if meta.get("trained"):
+        status = "trained"
+    return LoadedModel(spec, model.float().eval().to(dev), sha, status, source, meta)
+
+
+def _clip_load(name_or_path: str, spec: str, download_root: str | None = None) -> CLIP:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
+            model, _ = clip.load(name_or_path, device="cpu", jit=False, download_root=download_root)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise WeightsNotFoundError(f"{spec}: download failed ({e}). " + (missing_weights(spec) or "")) from e
+    except (RuntimeError, KeyError, EOFError, ValueError, AssertionError) as e:
+        raise ModelSpecError(f"{spec}: {name_or_path} is not a CLIP checkpoint clip.load can read ({e})") from e
+    return model
+
+
+def is_torchscript_archive(path: Path | str) -> bool:
+    """OpenAI's released .pt files are TorchScript archives (a zip holding ``constants.pkl`` and ``code/``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _load_checkpoint_file(path: Path, spec: str) -> CLIP:
+    """A TorchScript archive goes through ``clip.load``; a state dict through the same ``build_model``.
+
+    ``clip.load`` cannot read state dicts with current torch: after ``torch.jit.load`` fails it calls
+    ``torch.load`` on the already-consumed file handle (openai/CLIP#396), so we do that step ourselves.
+    Accepted state dicts: OpenAI's, ours, a ``{"state_dict": ...}`` training checkpoint, DDP's ``module.``.
+    """
+    _check_zip_crc(path, spec)
+    if is_torchscript_archive(path):
+        return _clip_load(str(path), spec)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelSpecError(f"{spec}: {path} is corrupt or not a checkpoint ({type(e).__name__}: {e})") from e
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or "text_projection" not in {k.removeprefix("module.") for k in sd}:
+        raise ModelSpecError(f"{spec}: {path} holds no CLIP state dict (no text_projection weight)")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    try:
+        return build_model(sd)
+    except (RuntimeError, KeyError, AssertionError) as e:
+        raise ModelSpecError(f"{spec}: {path} does not fit a CLIP architecture: {e}") from e
+
+
+def _check_zip_crc(path: Path, spec: str) -> None:
+    """Both .pt formats are zip files whose members carry a CRC-32 that torch.load and torch.jit.load
+    never check: a damaged file would load silently with wrong weights. Check it (one read of the file)."""
+    if not zipfile.is_zipfile(path):
+        return  # legacy pickle or truncated: torch.load reports it
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as e:  # BadZipFile, zlib.error, EOFError, ...
+        raise ModelSpecError(f"{spec}: {path} is corrupt ({type(e).__name__}: {e})") from e
+    if bad is not None:
+        raise ModelSpecError(f"{spec}: {path} is corrupt: its member {bad} fails the zip CRC check; "
+                             "copy the file again")
+
+
+def _load_openai(spec: str, name: str) -> CLIP:
+    path, _, _ = openai_weights_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _clip_load(name, spec, download_root=str(path.parent))
+
+
+def _read_sidecar(source: str | None) -> dict:
+    """Provenance written next to checkpoints this suite trains (``x.pt.json``)."""
+    if source and Path(source + ".json").is_file():
+        try:
+            return json.loads(Path(source + ".json").read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def save_openai_state_dict(model: CLIP, path: Path | str, meta: dict | None = None, half: bool = True) -> Path:
+    """Save in OpenAI's state-dict format (fp16 like their releases) so ``file:<path>`` loads it everywhere."""
+    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+          for k, v in model.state_dict().items()}
+    path = storage.atomic_torch_save(sd, path)
+    if meta is not None:
+        storage.atomic_write_text(Path(str(path) + ".json"), json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def save_torchscript_archive(model: CLIP, path: Path | str) -> Path:
+    """Save as a TorchScript archive like OpenAI's released ``.pt`` files (traced encode path)."""
+    model = model.float().eval().cpu()
+    res, ctx = model.visual.input_resolution, model.context_length
+    image, text = torch.zeros(1, 3, res, res), torch.zeros(1, ctx, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (image, text), check_trace=False)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.jit.save(traced, str(tmp))
+    tmp.replace(path)
+    return path

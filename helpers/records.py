@@ -1,0 +1,181 @@
+"""Result records: one JSON line per result, numbers plus the protocol card that produced them.
+
+Tables, figures and the report are rebuilt from these files only. A record states the dataset
+(layout, split and how it was made, counts, fingerprint), the model (spec, weights sha256, whether
+it was trained), the transform, prompts, seeds, profile, package versions, git commit and wall time.
+Results of untrained weights carry ``"untrained": true`` and are never shown as accuracies.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import config, storage
+
+PACKAGES = ("torch", "torchvision", "openai-clip", "numpy", "scikit-learn", "pandas", "pillow", "matplotlib")
+
+
+class RecordError(ValueError):
+    """A results file holds a line that is not a record."""
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    out["torch"] = torch.__version__  # with its build tag (+cpu, +cu130): it changes the numbers
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> dict:
+    """Commit of the project checkout and whether it had uncommitted changes."""
+    def run(*args):
+        done = subprocess.run(["git", *args], cwd=config.PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=10)
+        return done.stdout.strip() if done.returncode == 0 else ""  # no commit yet: stdout is "HEAD"
+    try:
+        commit = run("rev-parse", "HEAD") or None
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"commit": commit, "dirty": dirty}
+
+
+def environment() -> dict:
+    dev = config.device()
+    return {"device": str(dev), "autocast": config.dtype_name(config.autocast_dtype(dev)),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+
+
+class Timer:
+    """Wall time of an experiment, for its record."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.start, 3)
+
+
+def make_record(experiment: str, metrics: dict, *, dataset: dict, model: dict | None = None,
+                protocol: dict | None = None, seeds=None, profile: str | None = None,
+                wall_time_s: float | None = None, variant: str = "", figures=(), **extra) -> dict:
+    """Assemble a record; ``dataset``/``model`` are the ``card()`` of a Samples / LoadedModel.
+
+    ``variant`` names what differs between results of one experiment on one dataset and model (a
+    prompt, a k, an upsampler); with those it forms the record's ``key``, so a re-run replaces it
+    in tables. ``figures`` are the files (relative to the output folder) that show this result.
+    """
+    untrained = bool(model and model.get("status") == "untrained")
+    key = "|".join(str(x) for x in (experiment, dataset.get("name"), dataset.get("split"),
+                                    (model or {}).get("spec", ""), variant))
+    return {
+        "experiment": experiment,
+        "key": key,
+        "variant": variant,
+        "figures": [str(f) for f in figures],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "profile": profile or config.profile_name(),
+        "untrained": untrained,
+        "metrics": metrics,
+        "dataset": dataset,
+        "model": model or {},
+        "protocol": protocol or {},
+        "seeds": seeds if isinstance(seeds, (list, tuple)) or seeds is None else [seeds],
+        "wall_time_s": wall_time_s,
+        "environment": environment(),
+        "versions": versions(),
+        "git": git_commit(),
+        **extra,
+    }
+
+
+def append_record(record: dict, name: str | None = None, folder: Path | None = None) -> Path:
+    """Append one record to ``<results>/<name>.jsonl`` atomically (lock + write-rename)."""
+    folder = storage.ensure_writable_dir(folder or config.results_dir(record.get("profile")), "results",
+                                         "CLIPLAB_OUT")
+    path = folder / f"{name or record['experiment']}.jsonl"
+    storage.atomic_append_line(path, json.dumps(record, sort_keys=True, default=_json_default))
+    return path
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"record field of type {type(o).__name__} is not JSON")
+
+
+def read_records(folder: Path | None = None, pattern: str = "*.jsonl", profile: str | None = None) -> list[dict]:
+    """All records under ``folder`` (default: the profile's); a malformed line is an error naming file and line."""
+    folder = folder or config.results_dir(profile)
+    out = []
+    for path in sorted(Path(folder).glob(pattern)):
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{i} is not a JSON record ({e.msg})") from e
+            if not isinstance(rec, dict):
+                raise RecordError(f"{path}:{i} is not a JSON record (a {type(rec).__name__}, not an object)")
+            out.append(rec)
+    return out
+
+
+def records_table(records: list[dict] | None = None, folder: Path | None = None, latest: bool = True,
+                  profile: str | None = None) -> pd.DataFrame:
+    """Records flattened into a table: ``metrics.top1``, ``model.spec``, ``dataset.split``, ...
+
+    With ``latest``, a result measured again (same ``key``) shows only its newest record.
+    """
+    records = read_records(folder, profile=profile) if records is None else records
+    if not records:
+        return pd.DataFrame()
+    table = pd.json_normalize(records, sep=".")
+    if latest and "key" in table:
+        repeated = table["key"].notna() & table.duplicated("key", keep="last")
+        table = table[~repeated].reset_index(drop=True)
+    return table
+
+
+RESULT_COLUMNS = {"experiment": "experiment", "dataset.name": "dataset", "dataset.split": "split",
+                  "dataset.n_images": "images", "model.spec": "model", "model.status": "weights",
+                  "variant": "variant", "metrics.top1": "top1", "metrics.top5": "top5",
+                  "metrics.balanced_accuracy": "balanced_acc", "metrics.ece": "ece",
+                  "metrics.val_top1": "val_top1", "wall_time_s": "seconds"}
+METRIC_COLUMNS = ("top1", "top5", "balanced_acc", "ece", "val_top1")
+
+
+def results_frame(records: list[dict] | None = None, profile: str | None = None) -> pd.DataFrame:
+    """The user-facing results table: one row per result; numbers of untrained weights are masked."""
+    table = records_table(records, profile=profile)
+    if table.empty:
+        return table
+    cols = [c for c in RESULT_COLUMNS if c in table]
+    out = table[cols].rename(columns=RESULT_COLUMNS)
+    untrained = table["untrained"].fillna(False).astype(bool) if "untrained" in table else False
+    for col in METRIC_COLUMNS:
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce").round(4).astype(object)
+            out.loc[untrained, col] = "untrained"
+    return out.fillna("")
