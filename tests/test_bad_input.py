@@ -1,0 +1,348 @@
+"""Bad input gives a clear error naming the culprit, before work starts; odd image modes become sane RGB."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import data, features, prompts, records, storage
+from helpers.data import BadImageError, DatasetError
+
+
+def _good_jpeg(path: Path, rgb=(40, 120, 200), size: int = 32) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(size)
+    arr = np.clip(np.asarray(rgb)[None, None] + rng.integers(-20, 21, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr, "RGB").save(path, format="JPEG", quality=95)
+    return path
+
+
+@pytest.fixture
+def bad_files(tmp_path) -> dict[str, Path]:
+    good = _good_jpeg(tmp_path / "good.jpg", size=64)
+    blob = good.read_bytes()
+    files = {
+        "good": good,
+        "truncated": tmp_path / "truncated.jpg",
+        "garbage": tmp_path / "garbage.jpg",
+        "empty": tmp_path / "empty.jpg",
+        "header_only": tmp_path / "header_only.jpg",
+    }
+    files["truncated"].write_bytes(blob[: len(blob) // 2])
+    files["garbage"].write_bytes(b"this is not a JPEG at all\n" * 20)
+    files["empty"].write_bytes(b"")
+    files["header_only"].write_bytes(blob[:40])
+    return files
+
+
+# ------------------------------------------------------------------------------------ corrupt files
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "header_only"])
+def test_corrupt_image_raises_bad_image_error_naming_the_file(bad_files, kind):
+    with pytest.raises(BadImageError) as e:
+        data.load_rgb(bad_files[kind])
+    assert str(bad_files[kind]) in str(e.value)
+    assert "Remove or replace" in str(e.value)
+
+
+def test_missing_image_file_is_a_bad_image_error(tmp_path):
+    with pytest.raises(BadImageError, match="missing") as e:
+        data.load_rgb(tmp_path / "gone.jpg")
+    assert str(tmp_path / "gone.jpg") in str(e.value)
+
+
+def test_good_file_decodes(bad_files):
+    img = data.load_rgb(bad_files["good"])
+    assert img.mode == "RGB" and img.size == (64, 64)
+    assert np.asarray(img).mean() > 20  # a decoded picture, not a blank
+
+
+def test_find_bad_images_lists_every_bad_file_and_only_those(bad_files):
+    paths = [bad_files[k] for k in ("good", "truncated", "garbage", "empty", "header_only")]
+    bad = data.find_bad_images(paths)
+    assert [p for p, _ in bad] == [str(bad_files[k]) for k in ("truncated", "garbage", "empty", "header_only")]
+    reasons = dict(bad)
+    assert "truncated" in reasons[str(bad_files["truncated"])]
+    assert all(reason for reason in reasons.values())
+    assert data.find_bad_images([bad_files["good"]]) == []
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_image_in_a_dataloader_stops_the_run_naming_the_file(bad_files, workers):
+    paths = [bad_files["good"], bad_files["good"], bad_files["truncated"], bad_files["good"]]
+    ds = data.ImageDataset(paths, [0, 0, 1, 0], transform=lambda im: torch.from_numpy(np.asarray(im).copy()))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=workers)
+    seen = 0
+    with pytest.raises(BadImageError) as e:
+        for images, _, _ in loader:
+            seen += len(images)
+    assert str(bad_files["truncated"]) in str(e.value)
+    assert seen == 2  # the first (good) batch went through, the bad one was not skipped
+
+
+def test_bad_image_through_encode_dataset_caches_nothing(tmp_path, bad_files):
+    root = tmp_path / "ds"
+    for cls in ("a", "b"):
+        _good_jpeg(root / cls / "0.jpg")
+    (root / "b" / "1.jpg").write_bytes(bad_files["truncated"].read_bytes())
+    paths, labels, classes = data.scan_class_folders(root)
+    samples = data.Samples("ds", root, "class-folders", "all", paths, labels, classes, classes)
+    calls = []
+
+    def encode(x):
+        calls.append(len(x))
+        return x.flatten(1)[:, :4].float()
+
+    with pytest.raises(BadImageError) as e:
+        features.encode_dataset(encode, {"spec": "dummy"}, samples, lambda im: torch.zeros(3, 2, 2),
+                                {"t": 0}, device=torch.device("cpu"), batch_size=1, workers=0, progress=False)
+    assert str(root / "b" / "1.jpg") in str(e.value)
+    assert not list(features.features_dir().glob("*.pt"))
+
+
+# --------------------------------------------------------------------------------------- odd modes
+def _saved(img: Image.Image, path: Path, **kw) -> Path:
+    img.save(path, **kw)
+    return path
+
+
+def test_grayscale_becomes_rgb(tmp_path):
+    path = _saved(Image.new("L", (8, 8), 77), tmp_path / "gray.png")
+    out = data.load_rgb(path)
+    assert out.mode == "RGB" and out.size == (8, 8)
+    assert np.all(np.asarray(out) == 77)
+
+
+def test_grayscale_jpeg_becomes_rgb(tmp_path):
+    path = _saved(Image.new("L", (8, 8), 200), tmp_path / "gray.jpg", quality=100)
+    out = np.asarray(data.load_rgb(path)).astype(int)
+    assert out.shape == (8, 8, 3)
+    assert np.all(np.abs(out - 200) <= 2)
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    img.putpixel((0, 0), (255, 0, 0, 255))  # opaque red
+    img.putpixel((1, 0), (0, 0, 0, 128))  # half-transparent black
+    out = data.load_rgb(_saved(img, tmp_path / "rgba.png"))
+    assert out.mode == "RGB"
+    px = np.asarray(out).astype(int)
+    assert px[0, 0].tolist() == [255, 0, 0]
+    assert np.all(np.abs(px[0, 1] - 127) <= 1)
+    assert px[3, 3].tolist() == [255, 255, 255]  # transparent -> white background, not red, not black
+
+
+def test_la_is_composited_on_white(tmp_path):
+    img = Image.new("LA", (4, 4), (0, 0))  # transparent black
+    img.putpixel((0, 0), (0, 255))  # opaque black
+    out = np.asarray(data.load_rgb(_saved(img, tmp_path / "la.png")))
+    assert out[0, 0].tolist() == [0, 0, 0]
+    assert out[1, 1].tolist() == [255, 255, 255]
+
+
+def _palette_image() -> Image.Image:
+    img = Image.new("P", (4, 4), 0)
+    img.putpalette([255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 6))
+    img.putpixel((0, 0), 1)
+    return img
+
+
+def test_palette_without_transparency(tmp_path):
+    path = _saved(_palette_image(), tmp_path / "p.png")
+    assert Image.open(path).mode == "P"
+    out = np.asarray(data.load_rgb(path))
+    assert out[0, 0].tolist() == [0, 255, 0]
+    assert out[1, 1].tolist() == [255, 0, 0]
+
+
+@pytest.mark.parametrize("fmt", ["png", "gif"])
+def test_palette_with_transparency_is_composited_on_white(tmp_path, fmt):
+    path = _saved(_palette_image(), tmp_path / f"pt.{fmt}", transparency=0)
+    with Image.open(path) as raw:
+        assert raw.mode == "P" and "transparency" in raw.info
+    out = data.load_rgb(path)
+    assert out.mode == "RGB"
+    px = np.asarray(out)
+    assert px[0, 0].tolist() == [0, 255, 0]
+    assert px[1, 1].tolist() == [255, 255, 255]  # palette entry 0 is transparent
+
+
+def test_16_bit_grayscale_is_rescaled(tmp_path):
+    arr = np.array([[0, 32768, 65535, 257]], dtype=np.uint16)
+    path = _saved(Image.fromarray(arr), tmp_path / "i16.png")
+    with Image.open(path) as raw:
+        assert raw.mode.startswith("I")  # 16-bit on disk
+    out = data.load_rgb(path)
+    assert out.mode == "RGB"
+    px = np.asarray(out)[0, :, 0].astype(int).tolist()
+    assert px == [0, 128, 255, 1]  # 65535 -> 255, not clipped garbage
+    # also straight from memory (mode I;16)
+    assert np.asarray(data.to_rgb(Image.fromarray(arr)))[0, 2].tolist() == [255, 255, 255]
+
+
+def test_float_image_is_stretched(tmp_path):
+    img = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
+    px = np.asarray(data.to_rgb(img))[0, :, 0].tolist()
+    assert px == [0, 128, 255]
+
+
+@pytest.mark.parametrize("cmyk, rgb", [((0, 0, 0, 0), (255, 255, 255)), ((0, 255, 255, 0), (255, 0, 0))])
+def test_cmyk_jpeg_becomes_rgb(tmp_path, cmyk, rgb):
+    path = _saved(Image.new("CMYK", (8, 8), cmyk), tmp_path / "cmyk.jpg", quality=100)
+    with Image.open(path) as raw:
+        assert raw.mode == "CMYK"
+    out = data.load_rgb(path)
+    assert out.mode == "RGB"
+    assert np.all(np.abs(np.asarray(out).astype(int) - np.array(rgb)) <= 3)
+
+
+def test_odd_modes_go_through_the_transform_pipeline(tmp_path):
+    from helpers.transforms import clip_transform
+
+    transform, _ = clip_transform(32)
+    files = [
+        _saved(Image.new("L", (40, 40), 10), tmp_path / "l.png"),
+        _saved(Image.new("RGBA", (40, 40), (1, 2, 3, 4)), tmp_path / "rgba.png"),
+        _saved(Image.fromarray(np.full((40, 40), 1000, np.uint16)), tmp_path / "i16.png"),
+        _saved(Image.new("CMYK", (40, 40), (9, 9, 9, 9)), tmp_path / "cmyk.jpg"),
+    ]
+    ds = data.ImageDataset(files, [0, 1, 2, 3], transform)
+    batch = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert batch.shape == (4, 3, 32, 32) and torch.isfinite(batch).all()
+
+
+# ----------------------------------------------------------------------------------- empty folders
+def test_empty_class_folder_names_the_folder(tmp_path):
+    for i in range(5):
+        _good_jpeg(tmp_path / "full" / f"{i}.jpg")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(DatasetError) as e:
+        data.load_image_folder(tmp_path)
+    assert str(tmp_path / "empty") in str(e.value)
+    assert "no images" in str(e.value)
+
+
+def test_empty_class_folder_in_test_split_names_it(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            _good_jpeg(tmp_path / split / cls / "0.jpg")
+    for f in (tmp_path / "test" / "b").iterdir():
+        f.unlink()
+    with pytest.raises(DatasetError) as e:
+        data.load_image_folder(tmp_path)
+    assert str(tmp_path.resolve() / "test" / "b") in str(e.value)
+
+
+def test_folder_that_is_not_there(tmp_path):
+    with pytest.raises(DatasetError, match="not found") as e:
+        data.load_image_folder(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(e.value)
+
+
+# --------------------------------------------------------------------------------- names & prompts
+def test_prompt_class_name_the_dataset_lacks(tmp_path):
+    for cls in ("Forest", "River"):
+        for i in range(10):
+            _good_jpeg(tmp_path / cls / f"{i}.jpg")
+    with pytest.raises(DatasetError) as e:
+        data.load_image_folder(tmp_path, classnames={"Forest": "woods", "Lake": "a lake"})
+    assert "'Lake'" in str(e.value) and "Forest" in str(e.value)
+    s = data.load_image_folder(tmp_path)["test"]
+    assert s.classnames == ["forest", "river"]
+    with pytest.raises(DatasetError, match="Lake"):
+        s.with_classnames({"Lake": "a lake"})
+
+
+def test_unknown_template_set_lists_the_known_ones():
+    with pytest.raises(KeyError) as e:
+        prompts.templates("openai-eurosatt")
+    assert "openai-eurosatt" in str(e.value) and "openai-eurosat" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [["a photo of a thing."], ["a {} and a {}."], ["a photo of {0}."], [],
+                                 "a photo of {} and {}"])
+def test_bad_templates_raise(bad):
+    with pytest.raises(ValueError):
+        prompts.templates(bad)
+
+
+def test_good_templates_pass():
+    assert prompts.templates("openai-eurosat") == prompts.OPENAI_EUROSAT
+    assert prompts.templates("a photo of {}.") == ["a photo of {}."]
+    assert prompts.templates(("x {}", "y {}")) == ["x {}", "y {}"]
+    assert prompts.format_prompts(["a", "b"], ["x {}", "y {}"]) == ["x a", "y a", "x b", "y b"]
+
+
+# ------------------------------------------------------------------------------ unwritable folders
+@pytest.fixture
+def unwritable(tmp_path) -> Path:
+    """A folder that cannot be created even by root: its parent is a regular file."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file, not a folder")
+    return blocker / "cache"
+
+
+def test_unwritable_feature_cache_fails_before_computing(unwritable, monkeypatch):
+    monkeypatch.setenv("CLIPLAB_CACHE", str(unwritable))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.ones(2, 3), np.arange(2)
+
+    with pytest.raises(storage.NotWritableError) as e:
+        features.cached({"n": 2, "kind": "test"}, compute, "x")
+    msg = str(e.value)
+    assert str(unwritable) in msg and "CLIPLAB_CACHE" in msg
+    assert calls == []  # raised before any work
+    # without the cache nothing is written, so the run goes through
+    out = features.cached({"n": 2, "kind": "test"}, compute, "x", use_cache=False)
+    assert calls == [1] and out.path is None and not out.from_cache
+
+
+def test_unwritable_results_folder(unwritable, monkeypatch):
+    rec = {"experiment": "e", "metrics": {"top1": 0.5}}
+    with pytest.raises(storage.NotWritableError) as e:
+        records.append_record(rec, folder=unwritable / "results")
+    assert str(unwritable / "results") in str(e.value) and "CLIPLAB_OUT" in str(e.value)
+    monkeypatch.setenv("CLIPLAB_OUT", str(unwritable))
+    with pytest.raises(storage.NotWritableError) as e:
+        records.append_record(rec)
+    assert str(unwritable) in str(e.value) and "CLIPLAB_OUT" in str(e.value)
+
+
+def test_folder_path_that_is_a_file(tmp_path):
+    f = tmp_path / "results"
+    f.write_text("oops")
+    with pytest.raises(storage.NotWritableError, match="results"):
+        storage.ensure_writable_dir(f, "results", "CLIPLAB_OUT")
+    assert f.read_text() == "oops"
+
+
+def test_writable_folder_is_created_and_left_clean(tmp_path):
+    d = storage.ensure_writable_dir(tmp_path / "a" / "b", "x")
+    assert d.is_dir() and list(d.iterdir()) == []
+
+
+def test_unwritable_folder_with_read_only_permissions(tmp_path, monkeypatch):
+    """Root ignores chmod, so the failure is simulated at the probe write."""
+    target = tmp_path / "ro"
+    target.mkdir()
+
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(storage.tempfile, "NamedTemporaryFile", deny)
+    with pytest.raises(storage.NotWritableError, match="Permission denied") as e:
+        storage.ensure_writable_dir(target, "feature cache", "CLIPLAB_CACHE")
+    assert str(target) in str(e.value) and "CLIPLAB_CACHE" in str(e.value)
+
+
+def test_garbage_image_bytes_from_memory_is_not_swallowed():
+    with pytest.raises(BadImageError):
+        data.load_rgb(io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\0" * 30))
