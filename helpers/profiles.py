@@ -1,0 +1,129 @@
+"""Named parameter sets (``profiles/<name>.yaml``) that one notebook file runs under, and their preflight.
+
+A notebook asks :func:`load` for its profile: the name comes from papermill's ``profile`` parameter,
+else from ``CLIPLAB_PROFILE`` (nbmake, JupyterLab), else ``smoke``. Keyword overrides replace the
+profile's values (``None`` means "keep the profile's"), so the same parameters cell serves all uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from . import config, data, models, synthetic
+
+PROFILES_DIR = config.PROJECT_ROOT / "profiles"
+
+
+class ProfileError(ValueError):
+    """A profile that does not exist, or whose data or weights are missing (the message says what to do)."""
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+@dataclass
+class Profile:
+    """A profile's settings, with the dataset and models it names."""
+
+    name: str
+    settings: dict = field(default_factory=dict)
+
+    def __getitem__(self, key: str):
+        return self.settings[key]
+
+    def get(self, key: str, default=None):
+        return self.settings.get(key, default)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.settings["models"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.settings["dataset"].get("seed", 0))
+
+    def dataset(self) -> dict[str, data.Samples]:
+        """{"train", "val", "test"} of the profile's dataset (the split protocol is in each card)."""
+        ds = self.settings["dataset"]
+        kind = ds["kind"]
+        val_fraction, seed = float(ds.get("val_fraction", 0.1)), int(ds.get("seed", 0))
+        if kind == "synthetic":
+            return synthetic.load_synthetic(val_fraction=val_fraction, seed=seed)
+        if kind == "eurosat":
+            return data.load_eurosat(ds.get("root"), download=bool(ds.get("download")),
+                                     val_fraction=val_fraction, seed=seed, classnames=ds.get("classnames"))
+        if kind == "folder":
+            return data.load_image_folder(ds["root"], name=ds.get("name"), classnames=ds.get("classnames"),
+                                          val_fraction=val_fraction, seed=seed)
+        raise ProfileError(f"profile {self.name}: dataset kind {kind!r} is not synthetic, eurosat or folder")
+
+    def card(self) -> dict:
+        return {"name": self.name, **self.settings}
+
+    def preflight(self) -> list[str]:
+        """What this profile needs and this machine lacks (dataset folder, weights), each with a fix."""
+        problems = []
+        ds = self.settings["dataset"]
+        if ds["kind"] == "eurosat":
+            root = Path(ds["root"]).expanduser() if ds.get("root") else data.eurosat_root()
+            if not root.exists():
+                if not ds.get("download"):
+                    problems.append(f"EuroSAT is not at {root}: put it there or set CLIPLAB_DATA to the "
+                                    "folder that holds eurosat_rgb/")
+                elif not _reachable(EUROSAT_URL):
+                    problems.append(f"EuroSAT is not at {root} and its download host ({_host(EUROSAT_URL)}) "
+                                    "cannot be reached: copy the dataset there or set CLIPLAB_DATA")
+        elif ds["kind"] == "folder" and not Path(ds["root"]).expanduser().is_dir():
+            problems.append(f"dataset folder {ds['root']} does not exist")
+        for spec in self.models:
+            why = models.missing_weights(spec)
+            kind, _, body = spec.partition(":")
+            if why and (kind != "openai" or not _reachable(models.openai_weights_path(body)[2])):
+                problems.append(why)
+        return problems
+
+
+EUROSAT_URL = "https://huggingface.co/datasets/torchgeo/eurosat/resolve/main/EuroSAT.zip"
+
+
+def _host(url: str) -> str:
+    return urlparse(url).hostname or url
+
+
+@functools.cache
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Can a TCP connection to the URL's host be opened within ``timeout`` seconds?"""
+    try:
+        with socket.create_connection((_host(url), 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(name: str | None = None, **overrides) -> Profile:
+    """The profile ``name`` (or ``$CLIPLAB_PROFILE``, or smoke) with ``overrides`` applied."""
+    name = name or config.profile_name()
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ProfileError(f"no profile {name!r}; available: {available()} (files in {PROFILES_DIR})")
+    settings = yaml.safe_load(path.read_text()) or {}
+    return Profile(name, _merge(settings, overrides))

@@ -1,0 +1,202 @@
+"""``supplementary/<profile>/`` rebuilt from result records only: results table (CSV, Markdown) and a report.
+
+The report (Markdown, HTML and PDF) has a title, then one section per experiment: its protocol
+(dataset, split and how it was made, models and weights hashes, transform, prompts, seeds), its
+results table and its figures. The PDF is written with fpdf2 and a font that ships with matplotlib,
+so it needs no network and no system packages.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import os
+from pathlib import Path
+
+import matplotlib
+
+from . import config, records, storage
+
+TITLES = {
+    "01_zero_shot": "01 — Zero-shot classification",
+    "02_prompt_validation": "02 — Prompt validation (chosen on val, reported on test)",
+}
+
+
+def _title(experiment: str) -> str:
+    return TITLES.get(experiment, experiment)
+
+
+def _protocol_lines(recs: list[dict]) -> list[str]:
+    """What was run, in words, from the records' protocol cards (newest record of each key)."""
+    last = recs[-1]
+    ds = last["dataset"]
+    counts = ", ".join(f"{k} {v}" for k, v in ds.get("counts", {}).items())
+    lines = [
+        f"Dataset: {ds['name']} ({ds['layout']} layout), split '{ds['split']}' with {ds['n_images']} images"
+        f" in {len(ds.get('classes', []))} classes ({counts}).",
+        f"Split protocol: {ds.get('split_protocol')}.",
+    ]
+    seen = {}
+    for r in recs:
+        m = r.get("model") or {}
+        if m.get("spec"):
+            seen[m["spec"]] = m
+    for spec, m in seen.items():
+        sha = (m.get("weights_sha256") or "")[:16]
+        lines.append(f"Model {spec}: {m.get('status')} weights, sha256 {sha}..., {m.get('n_params', 0):,} parameters,"
+                     f" input {m.get('input_resolution')} px.")
+    proto = last.get("protocol", {})
+    for key in ("head", "selection", "transform", "templates", "template_sets"):
+        if key in proto:
+            lines.append(f"{key.replace('_', ' ').capitalize()}: {proto[key]}.")
+    env = last.get("environment", {})
+    lines.append(f"Seeds: {last.get('seeds')}; device {env.get('device')} with {env.get('autocast')} autocast;"
+                 f" git {str((last.get('git') or {}).get('commit'))[:10]}; torch {last['versions'].get('torch')}.")
+    if any(r.get("untrained") for r in recs):
+        lines.append("Untrained weights: these rows prove the code path only; their numbers are masked.")
+    return lines
+
+
+def sections(profile: str) -> list[tuple[str, object]]:
+    """The report as blocks: ("h1"|"h2"|"p", text), ("table", DataFrame), ("image", path)."""
+    all_recs = records.read_records(profile=profile)
+    table = records.results_frame(all_recs)
+    blocks: list[tuple[str, object]] = [
+        ("h1", f"CLIP lab report — profile '{profile}'"),
+        ("p", f"Built {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {len(all_recs)} result records "
+              f"in supplementary/{profile}/results/. Every number below comes from those records."),
+    ]
+    if not all_recs:
+        blocks.append(("p", "No records yet: run the suite first."))
+        return blocks
+    latest = records.records_table(all_recs)
+    keys = set(latest["key"]) if "key" in latest else set()
+    by_exp: dict[str, list[dict]] = {}
+    for r in all_recs:
+        by_exp.setdefault(r["experiment"], []).append(r)
+    for exp in sorted(by_exp):
+        recs = [r for r in by_exp[exp] if r.get("key") in keys] or by_exp[exp]
+        recs = list({r["key"]: r for r in recs}.values())
+        blocks.append(("h2", _title(exp)))
+        blocks += [("p", line) for line in _protocol_lines(recs)]
+        blocks.append(("table", table[table["experiment"] == exp].drop(columns=["experiment"])))
+        figures = dict.fromkeys(f for r in recs for f in r.get("figures", []))
+        for f in figures:
+            path = config.output_root() / f
+            if path.is_file():
+                blocks.append(("image", path))
+    return blocks
+
+
+def to_markdown(blocks, base: Path) -> str:
+    out = []
+    for kind, value in blocks:
+        if kind == "h1":
+            out.append(f"# {value}\n")
+        elif kind == "h2":
+            out.append(f"\n## {value}\n")
+        elif kind == "p":
+            out.append(f"{value}\n")
+        elif kind == "table":
+            out.append(value.to_markdown(index=False) + "\n")
+        elif kind == "image":
+            out.append(f"![{Path(value).stem}]({_relpath(value, base)})\n")
+    return "\n".join(out)
+
+
+def to_html(blocks, base: Path) -> str:
+    body = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(str(value))}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(str(value))}</p>")
+        elif kind == "table":
+            body.append(value.to_html(index=False, border=0, classes="results"))
+        elif kind == "image":
+            body.append(f'<figure><img src="{html.escape(_relpath(value, base))}" style="max-width:100%"></figure>')
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+             "table.results{border-collapse:collapse;font-size:85%}"
+             "table.results td,table.results th{border-bottom:1px solid #ccc;padding:2px 8px}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>CLIP lab report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+
+
+def to_pdf(blocks) -> bytes:
+    """An A4 PDF of the blocks (fpdf2; DejaVu Sans from matplotlib for full Unicode)."""
+    from fpdf import FPDF
+    from fpdf.fonts import FontFace
+
+    font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    pdf = FPDF(orientation="P", unit="mm", format="A4")
+    pdf.set_auto_page_break(True, margin=15)
+    pdf.add_font("DejaVu", "", str(font_dir / "DejaVuSans.ttf"))
+    pdf.add_font("DejaVu", "B", str(font_dir / "DejaVuSans-Bold.ttf"))
+    pdf.add_page()
+    width = pdf.w - pdf.l_margin - pdf.r_margin
+    for kind, value in blocks:
+        if kind == "h1":
+            pdf.set_font("DejaVu", "B", 16)
+            pdf.multi_cell(width, 8, str(value), new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(2)
+        elif kind == "h2":
+            pdf.add_page()
+            pdf.set_font("DejaVu", "B", 13)
+            pdf.multi_cell(width, 7, str(value), new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(1)
+        elif kind == "p":
+            pdf.set_font("DejaVu", "", 8.5)
+            pdf.multi_cell(width, 4.2, str(value), new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(0.8)
+        elif kind == "table":
+            df = value
+            pdf.set_font("DejaVu", "", 6.5 if len(df.columns) > 8 else 7.5)
+            pdf.ln(1)
+            with pdf.table(headings_style=FontFace(emphasis="BOLD"), line_height=3.6, text_align="LEFT",
+                           width=width) as t:
+                t.row([str(c) for c in df.columns])
+                for _, row in df.iterrows():
+                    t.row([_cell(v) for v in row])
+            pdf.ln(2)
+        elif kind == "image":
+            from PIL import Image
+
+            with Image.open(value) as im:
+                w_px, h_px = im.size
+            w = min(width, w_px / 150 * 25.4)  # figures are saved at 150 dpi: keep their physical size
+            h = w * h_px / w_px
+            if h > pdf.h - 2 * pdf.t_margin - 10:
+                h = pdf.h - 2 * pdf.t_margin - 10
+                w = h * w_px / h_px
+            if pdf.get_y() + h > pdf.h - pdf.b_margin:
+                pdf.add_page()
+            pdf.image(str(value), x=pdf.l_margin + (width - w) / 2, w=w, h=h)
+            pdf.ln(3)
+    return bytes(pdf.output())
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}".rstrip("0").rstrip(".") if abs(v) < 1e6 else f"{v:.3g}"
+    return str(v)
+
+
+def _relpath(path, base: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
+
+
+def build(profile: str | None = None) -> dict[str, Path]:
+    """Rebuild every file of ``supplementary/<profile>/`` from its records; returns what was written."""
+    profile = profile or config.profile_name()
+    folder = storage.ensure_writable_dir(config.supplementary_dir(profile), "report", "CLIPLAB_OUT")
+    blocks = sections(profile)
+    table = records.results_frame(profile=profile)
+    written = {
+        "results.csv": storage.atomic_write_text(folder / "results.csv", table.to_csv(index=False)),
+        "results.md": storage.atomic_write_text(
+            folder / "results.md", table.to_markdown(index=False) + "\n" if not table.empty else "No results yet.\n"),
+        "report.md": storage.atomic_write_text(folder / "report.md", to_markdown(blocks, folder)),
+        "report.html": storage.atomic_write_text(folder / "report.html", to_html(blocks, folder)),
+        "report.pdf": storage.atomic_write_bytes(folder / "report.pdf", to_pdf(blocks)),
+    }
+    return written

@@ -1,0 +1,107 @@
+"""The suite end to end on the smoke profile: notebooks run headless, records written, report built."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import config, profiles, report, suite
+
+
+def _run_suite(args, env_extra, tmp_path):
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-m", "helpers.suite", *args], cwd=config.PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _pdf_pages(path: Path) -> list[dict]:
+    """Text and image count of every page, and proof each page renders to pixels."""
+    import pypdfium2 as pdfium
+
+    pages = []
+    for page in pdfium.PdfDocument(str(path)):
+        text = page.get_textpage().get_text_range()
+        images = sum(1 for obj in page.get_objects() if obj.type == pdfium.raw.FPDF_PAGEOBJ_IMAGE)
+        pixels = page.render(scale=0.5).to_pil().convert("L")
+        pages.append({"text": text, "images": images, "ink": pixels.getextrema()})
+    return pages
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("suite")
+    env = {"CLIPLAB_OUT": str(base / "out"), "CLIPLAB_CACHE": str(base / "cache"), "CLIPLAB_WORKERS": "0"}
+    proc = _run_suite(["--profile", "smoke", "--out", str(base / "runs")], env, base)
+    return proc, base
+
+
+def test_smoke_suite_passes_and_writes_records(smoke_run):
+    proc, base = smoke_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2/2 ok" in proc.stdout
+    for name in ("01_zero_shot.ipynb", "02_prompt_validation.ipynb"):
+        executed = json.loads((base / "runs" / "smoke" / name).read_text())
+        assert any(c.get("outputs") for c in executed["cells"]), f"{name} executed copy has no outputs"
+    results = base / "out" / "supplementary" / "smoke" / "results"
+    zs = [json.loads(line) for line in (results / "01_zero_shot.jsonl").read_text().splitlines()]
+    assert {r["model"]["spec"] for r in zs} == set(profiles.load("smoke").models)
+    for r in zs:  # the protocol card is complete
+        assert r["dataset"]["split"] == "test" and r["dataset"]["n_images"] > 0
+        assert len(r["model"]["weights_sha256"]) == 64 and r["untrained"] is True
+        assert r["protocol"]["templates"] and r["protocol"]["transform"]["resize"] > 0
+        assert r["versions"]["torch"] and r["wall_time_s"] > 0 and r["profile"] == "smoke"
+        assert all((base / "out" / f).is_file() for f in r["figures"])
+    pv = [json.loads(line) for line in (results / "02_prompt_validation.jsonl").read_text().splitlines()]
+    chosen = [r for r in pv if r["protocol"]["chosen_on_val"]]
+    assert len(chosen) == len(profiles.load("smoke").models)
+    for r in chosen:  # the chosen prompt is the val argmax among that model's prompts
+        same_model = [q for q in pv if q["model"]["spec"] == r["model"]["spec"]]
+        assert r["metrics"]["val_top1"] == max(q["metrics"]["val_top1"] for q in same_model)
+
+
+def test_smoke_report_pdf_holds_tables_and_figures(smoke_run):
+    proc, base = smoke_run
+    folder = base / "out" / "supplementary" / "smoke"
+    for name in ("results.csv", "results.md", "report.md", "report.html", "report.pdf"):
+        assert (folder / name).stat().st_size > 0, name
+    pages = _pdf_pages(folder / "report.pdf")
+    text = "\n".join(p["text"] for p in pages)
+    assert "CLIP lab report" in text and "Zero-shot classification" in text and "Prompt validation" in text
+    for spec in profiles.load("smoke").models:  # each model is a table row
+        assert spec.split(":")[1][:8] in text
+    assert "untrained" in text and "balanced" in text  # table header and masked cells
+    figures = {f for r in json.loads("[" + ",".join(
+        (folder / "results" / "01_zero_shot.jsonl").read_text().split("\n")[:-1]) + "]") for f in r["figures"]}
+    assert sum(p["images"] for p in pages) >= len(figures) + 2  # 01's figures and 02's bars + per-class
+    assert all(p["ink"][0] < 128 for p in pages), "a page rendered blank"
+
+
+def test_failing_notebook_is_reported_and_others_still_run(tmp_path):
+    env = {"CLIPLAB_OUT": str(tmp_path / "out"), "CLIPLAB_CACHE": str(tmp_path / "cache"), "CLIPLAB_WORKERS": "0"}
+    proc = _run_suite(["--profile", "smoke", "--only", "01,02", "--no-report", "--out", str(tmp_path / "runs"),
+                       "-p", "templates=no-such-template-set"], env, tmp_path)
+    assert proc.returncode == 1
+    assert "FAILED 01_zero_shot" in proc.stdout and "unknown template set" in proc.stdout  # its failing cell
+    assert "ok     02_prompt_validation" in proc.stdout and "1/2 ok" in proc.stdout  # 02 ran all the same
+
+
+def test_paper_profile_offline_stops_at_once_with_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLIPLAB_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setattr(profiles, "_reachable", lambda url, timeout=3.0: False)
+    code = suite.main(["--profile", "paper", "--no-report", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(tmp_path / "nodata" / "eurosat_rgb") in err  # the dataset folder
+    assert "RN50.pt" in err and "ViT-B-32.pt" in err and str(config.cache_dir() / "clip") in err  # weights
+    assert "--profile smoke" in err and "--profile offline" in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_report_of_no_records_says_so(tmp_path):
+    written = report.build("smoke")
+    assert "No records yet" in written["report.md"].read_text()
