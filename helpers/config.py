@@ -128,3 +128,13 @@ def num_workers() -> int:
     if forced:
         return int(forced)
     return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def encode_workers(dev: torch.device | str | None = None) -> int:
+    """DataLoader worker processes for encoding (inference) on ``dev``: CLIPLAB_WORKERS if set, else
+    :func:`num_workers` on accelerators and 0 on CPU, where torch's threads already use every core and
+    images are decoded by threads between batches instead (see ``features._decode_in_threads``)."""
+    dev = torch.device(dev) if dev is not None else device()
+    if dev.type == "cpu" and not os.environ.get("CLIPLAB_WORKERS", "").strip():
+        return 0
+    return num_workers()

@@ -147,9 +147,26 @@ def openai_weights_path(name: str) -> tuple[Path, str, str]:
     return config.cache_dir() / "clip" / Path(url).name, url.split("/")[-2], url
 
 
+def download_url(spec: str) -> str | None:
+    """Where a spec's weights are downloaded from (None for local or random weights)."""
+    kind, _, body = spec.partition(":")
+    if kind == "openai":
+        return openai_weights_path(body)[2]
+    if kind == "torchvision":
+        from . import backbones
+
+        arch, weights = backbones.parse(spec)
+        return backbones.weights_enum(arch, weights).url if weights else None
+    return None
+
+
 def missing_weights(spec: str) -> str | None:
     """Why ``spec`` cannot be loaded without network (None when its weights are on disk or not needed)."""
     kind, _, body = spec.partition(":")
+    if kind == "torchvision":
+        from . import backbones
+
+        return backbones.missing_weights(spec)
     if kind == "openai":
         path, sha, url = openai_weights_path(body)
         if not path.is_file() or storage.sha256_file(path) != sha:

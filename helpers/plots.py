@@ -125,3 +125,31 @@ def per_class_delta(classnames: list[str], delta, title: str = "", xlabel: str =
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def kshot_curve(summary, zero_shot: dict | None = None, title: str = "", metric_label: str = "test top-1"):
+    """Accuracy against k (log axis) with 95% CI bands, one line per (model, head); zero-shot as a
+    horizontal line per model; the 'all' point is drawn at the right edge."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    numeric = [k for k in summary["k"].unique() if k != "all"]
+    k_all = (max(numeric) * 4) if numeric else 1
+    colours = dict(zip(summary["model"].unique(), sns.color_palette("tab10"), strict=False))
+    for (model, head), g in summary.groupby(["model", "head"], sort=False):
+        x = np.array([k_all if k == "all" else float(k) for k in g["k"]])
+        order = np.argsort(x)
+        style = "-o" if head == "linear probe" else "--s"
+        ax.plot(x[order], g["mean"].to_numpy()[order], style, color=colours[model], label=f"{model} {head}", ms=4)
+        ax.fill_between(x[order], g["ci_low"].to_numpy()[order], g["ci_high"].to_numpy()[order],
+                        color=colours[model], alpha=0.15)
+    for model, acc in (zero_shot or {}).items():
+        ax.axhline(acc, color=colours.get(model, "k"), ls=":", lw=1.5, label=f"{model} zero-shot")
+    ax.set_xscale("log", base=2)
+    ticks = sorted(numeric) + ([k_all] if "all" in set(summary["k"]) else [])
+    ax.set_xticks(ticks, [str(int(t)) for t in sorted(numeric)] + (["all"] if "all" in set(summary["k"]) else []))
+    ax.set_xlabel("labelled images per class (k)")
+    ax.set_ylabel(metric_label)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -49,6 +49,11 @@ class Profile:
     def seed(self) -> int:
         return int(self.settings["dataset"].get("seed", 0))
 
+    def weight_specs(self) -> list[str]:
+        """Every model spec the profile's notebooks load (CLIP models and ImageNet backbones)."""
+        specs = list(self.models) + list(self.get("baselines", {}).get("backbones", []))
+        return list(dict.fromkeys(specs))
+
     def dataset(self) -> dict[str, data.Samples]:
         """{"train", "val", "test"} of the profile's dataset (the split protocol is in each card)."""
         ds = self.settings["dataset"]
@@ -82,10 +87,10 @@ class Profile:
                                     "cannot be reached: copy the dataset there or set CLIPLAB_DATA")
         elif ds["kind"] == "folder" and not Path(ds["root"]).expanduser().is_dir():
             problems.append(f"dataset folder {ds['root']} does not exist")
-        for spec in self.models:
+        for spec in self.weight_specs():
             why = models.missing_weights(spec)
             kind, _, body = spec.partition(":")
-            if why and (kind != "openai" or not _reachable(models.openai_weights_path(body)[2])):
+            if why and (kind not in ("openai", "torchvision") or not _reachable(models.download_url(spec))):
                 problems.append(why)
         return problems
 

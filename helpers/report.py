@@ -14,13 +14,74 @@ import os
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 from . import config, records, storage
 
 TITLES = {
     "01_zero_shot": "01 — Zero-shot classification",
     "02_prompt_validation": "02 — Prompt validation (chosen on val, reported on test)",
+    "04_few_shot": "04 — Few-shot and linear probes on frozen CLIP features",
+    "05_imagenet_baselines": "05 — ImageNet baselines: linear probes and fine-tuning",
 }
+
+
+def _seed_summary(recs: list[dict]) -> pd.DataFrame:
+    """k-shot style results: mean and 95% CI of test top-1 over seeds, per (model, variant without seed)."""
+    from . import probes
+
+    rows = {}
+    for r in recs:
+        variant = "|".join(part for part in r.get("variant", "").split("|") if not part.startswith("seed="))
+        rows.setdefault((r["model"].get("spec"), variant, r["untrained"]), []).append(r["metrics"]["top1"])
+    out = []
+    for (spec, variant, untrained), vals in rows.items():
+        mean, lo, hi = probes.mean_ci(vals)
+        cells = ["untrained"] * 3 if untrained else [round(mean, 4), round(lo, 4), round(hi, 4)]
+        out.append({"model": spec, "variant": variant, "seeds": len(vals), "top1_mean": cells[0],
+                    "ci95_low": cells[1], "ci95_high": cells[2]})
+    return pd.DataFrame(out)
+
+
+TABLES = {"04_few_shot": _seed_summary, "05_imagenet_baselines": _seed_summary}
+
+# (experiment, variant without seed) -> column of the side-by-side table
+COMPARISON = {
+    ("01_zero_shot", ""): "zero-shot",
+    ("04_few_shot", "linear probe|k=16"): "16-shot probe",
+    ("04_few_shot", "linear probe|k=all"): "linear probe",
+    ("05_imagenet_baselines", "16-shot probe"): "16-shot probe",
+    ("05_imagenet_baselines", "linear probe"): "linear probe",
+    ("05_imagenet_baselines", "fine-tuned"): "fine-tuned",
+}
+
+
+def comparison_table(recs: list[dict]) -> pd.DataFrame:
+    """CLIP and ImageNet models side by side on the main test split: test top-1 (mean over seeds) of
+    zero-shot, 16-shot probe, linear probe and fine-tuned, from the newest record of each result."""
+    from . import probes
+
+    cells: dict[tuple[str, str], list[float]] = {}
+    untrained: dict[tuple[str, str], bool] = {}
+    for r in {r["key"]: r for r in recs if "key" in r}.values():
+        variant = "|".join(p for p in r.get("variant", "").split("|") if not p.startswith("seed="))
+        col = COMPARISON.get((r["experiment"], variant))
+        if col is None or r["dataset"].get("split") != "test":
+            continue
+        spec = r["model"].get("spec")
+        cells.setdefault((spec, col), []).append(r["metrics"]["top1"])
+        untrained[(spec, col)] = bool(r.get("untrained"))
+    columns = list(dict.fromkeys(COMPARISON.values()))
+    rows = []
+    for spec in dict.fromkeys(s for s, _ in cells):
+        row = {"model": spec}
+        for col in columns:
+            if (spec, col) in cells:
+                row[col] = "untrained" if untrained[(spec, col)] else round(probes.mean_ci(cells[(spec, col)])[0], 4)
+            else:
+                row[col] = ""
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model", *columns])
 
 
 def _title(experiment: str) -> str:
@@ -70,6 +131,10 @@ def sections(profile: str) -> list[tuple[str, object]]:
     if not all_recs:
         blocks.append(("p", "No records yet: run the suite first."))
         return blocks
+    blocks += [("h2", "Side by side: CLIP and ImageNet features"),
+               ("p", "Test top-1 of each model under each regime, from the records of notebooks 01, 04, 05 "
+                     "(and fine-tuning notebooks once they have run); k-shot cells are means over seeds."),
+               ("table", comparison_table(all_recs))]
     latest = records.records_table(all_recs)
     keys = set(latest["key"]) if "key" in latest else set()
     by_exp: dict[str, list[dict]] = {}
@@ -80,7 +145,10 @@ def sections(profile: str) -> list[tuple[str, object]]:
         recs = list({r["key"]: r for r in recs}.values())
         blocks.append(("h2", _title(exp)))
         blocks += [("p", line) for line in _protocol_lines(recs)]
-        blocks.append(("table", table[table["experiment"] == exp].drop(columns=["experiment"])))
+        if exp in TABLES:
+            blocks.append(("table", TABLES[exp](recs)))
+        else:
+            blocks.append(("table", table[table["experiment"] == exp].drop(columns=["experiment"])))
         figures = dict.fromkeys(f for r in recs for f in r.get("figures", []))
         for f in figures:
             path = config.output_root() / f

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +41,26 @@ def eurosat_root() -> Path:
     if not (root / "test").is_dir():
         pytest.skip(f"real-data test: {root} has no test/ folder")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a small shared machine, torch's threads otherwise contend with other work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every download attempt fails at once (as offline) instead of hanging; records the URLs tried."""
+    tried = []
+
+    def offline(url, *args, **kwargs):
+        tried.append(getattr(url, "full_url", url))
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(torch.hub, "urlopen", offline)  # torch.hub imported the name itself
+    return tried

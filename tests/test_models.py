@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -135,19 +133,6 @@ def test_tiny_configs_work_end_to_end(name):
 
 
 # --------------------------------------------------------------------------- openai:, offline
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every download attempt fails at once (as offline) instead of hanging; records the URLs tried."""
-    tried = []
-
-    def offline(url, *args, **kwargs):
-        tried.append(getattr(url, "full_url", url))
-        raise urllib.error.URLError("network is unreachable (test)")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    return tried
-
-
 def _clip_cache() -> Path:
     return Path(os.environ["CLIPLAB_CACHE"]).resolve() / "clip"
 

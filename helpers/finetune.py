@@ -1,0 +1,76 @@
+"""Supervised training of an image classifier with the shared loop (ImageNet baselines, classifiers on
+upsampled images): cross-entropy on augmented train images, top-1 on val each epoch, best epoch on test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import config, metrics, storage, training
+from .data import Samples
+
+
+@dataclass
+class Finetuned:
+    result: training.TrainResult
+    test_metrics: dict
+    test_logits: np.ndarray
+    checkpoint_dir: str
+    trainable: int
+    total: int
+
+
+def predict(model: torch.nn.Module, dataset, batch_size: int = 256, workers: int | None = None,
+            device: torch.device | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(logits float32 [N, C], labels) of ``model`` over ``dataset`` in order, batched under autocast."""
+    device = device or config.device()
+    workers = config.num_workers() if workers is None else workers
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
+    out, labels = [], []
+    model.eval()
+    with torch.inference_mode(), config.autocast(device):
+        for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+            x, y = batch[0], batch[1]
+            out.append(model(x.to(device)).float().cpu())
+            labels.append(torch.as_tensor(y))
+    return torch.cat(out).numpy(), torch.cat(labels).numpy()
+
+
+def classification_loss(label_smoothing: float = 0.0):
+    def loss_fn(model, batch):
+        x, y = batch[0], batch[1]
+        dev = next(model.parameters()).device
+        return F.cross_entropy(model(x.to(dev)), torch.as_tensor(y).to(dev), label_smoothing=label_smoothing)
+    return loss_fn
+
+
+def train_classifier(net: torch.nn.Module, splits: dict[str, Samples], train_transform, eval_transform,
+                     cfg: training.TrainConfig, batch_size: int, run_card: dict, label_smoothing: float = 0.0,
+                     progress: bool = True) -> Finetuned:
+    """Train ``net`` on ``splits['train']`` (augmented), select on val top-1, report the best on test.
+
+    Checkpoints go to ``<cache>/checkpoints/<hash of run_card + cfg>/`` so an interrupted run resumes.
+    """
+    ckpt_dir = config.cache_dir() / "checkpoints" / storage.sha256_json({"run": run_card, "cfg": cfg.card(),
+                                                                        "batch": batch_size})[:20]
+    train_ds = splits["train"].dataset(train_transform)
+    val_ds, test_ds = splits["val"].dataset(eval_transform), splits["test"].dataset(eval_transform)
+    loader = training.train_loader(train_ds, batch_size, cfg.seed)
+
+    def evaluate(model):
+        logits, labels = predict(model, val_ds, batch_size=2 * batch_size)
+        return {"top1": float((logits.argmax(1) == labels).mean()),
+                "loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))}
+
+    trainable, total = training.count_trainable(net)
+    result = training.train(net, loader, classification_loss(label_smoothing), evaluate, cfg, ckpt_dir,
+                            run_card=run_card, progress=progress)
+    logits, labels = predict(net, test_ds, batch_size=2 * batch_size)
+    m = metrics.classification_metrics(logits, labels, splits["test"].num_classes)
+    return Finetuned(result, m, logits, str(ckpt_dir), trainable, total)

@@ -1,0 +1,273 @@
+"""The one training loop of the suite (ImageNet baselines, CLIP fine-tuning, proxy experts, SR models).
+
+What a task supplies: a model, data loaders, ``loss_fn(model, batch) -> loss`` and
+``evaluate(model) -> {"metric": ..., ...}`` on validation. The loop does the rest: AdamW with weight
+decay only on weights (not on gains, biases, embeddings or logit scales), warmup + cosine/linear
+schedule per step, gradient accumulation and clipping, autocast (bf16 on CPU, fp16 + grad scaler on
+CUDA; weights stay fp32), early stopping on the validation metric, the best weights kept, a
+checkpoint written atomically every epoch, and resume from it after an interruption. Shuffling is
+seeded per epoch, so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import config, storage
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    accumulate: int = 1  # micro-batches per optimiser step (effective batch = batch_size x accumulate)
+    clip_grad: float | None = 1.0
+    patience: int | None = None  # epochs without val improvement before stopping
+    seed: int = 0
+    max_minutes: float | None = None  # wall-time budget; training stops after the epoch that crosses it
+    metric: str = "top1"  # key of evaluate()'s dict to select the best epoch (higher is better)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def card(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_epoch: int
+    best_metric: float
+    best_state: dict
+    seconds: float
+    stopped: str
+    resumed_from: int | None = None
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A random permutation per epoch from (seed, epoch): resuming at epoch e replays the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+def train_loader(dataset, batch_size: int, seed: int, workers: int | None = None, drop_last: bool = True):
+    """A shuffling loader whose order and augmentation randomness depend only on (seed, epoch)."""
+    workers = config.num_workers() if workers is None else workers
+    sampler = EpochSampler(len(dataset), seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+        worker_init_fn=_seed_worker, pin_memory=torch.cuda.is_available())
+
+
+def _seed_worker(worker_id: int):
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32  # set by the loader from the sampler epoch's generator state
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and kernels only; none on gains, biases, embeddings, logit scales."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or "embedding" in name or name.endswith("logit_scale")
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return f
+
+
+def count_trainable(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
+
+
+def _fingerprint(cfg: TrainConfig, model: torch.nn.Module, extra: dict) -> str:
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return storage.sha256_json({"cfg": cfg.card(), "shapes": shapes, "extra": extra})
+
+
+def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[[torch.nn.Module], dict],
+          cfg: TrainConfig, checkpoint_dir: Path | str | None = None, *, run_card: dict | None = None,
+          device: torch.device | None = None, progress: bool = True, optimizer_factory=None) -> TrainResult:
+    """Train ``model`` in place; returns the history and the best weights (by ``cfg.metric`` on val).
+
+    ``checkpoint_dir``: ``last.pt`` is written atomically after every epoch; when it exists and was
+    written by the same configuration (``run_card``, model shapes, cfg), training resumes from it.
+    """
+    device = device or config.device()
+    model.to(device)
+    dtype = config.autocast_dtype(device)
+    params = param_groups(model, cfg.weight_decay)
+    opt = (optimizer_factory or (lambda groups: torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)))(params)
+    steps_per_epoch = max(1, len(loader) // cfg.accumulate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and dtype == torch.float16)
+    fingerprint = _fingerprint(cfg, model, run_card or {})
+
+    history: list[dict] = []
+    best_metric, best_epoch, best_state, since_best = -math.inf, -1, None, 0
+    start_epoch, resumed_from, steps, elapsed_before = 0, None, 0, 0.0
+    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if ckpt_path:
+        storage.ensure_writable_dir(ckpt_path.parent, "checkpoint", "CLIPLAB_CACHE")
+        state = _load_checkpoint(ckpt_path, fingerprint)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            history, best_metric, best_epoch = state["history"], state["best_metric"], state["best_epoch"]
+            best_state, since_best, steps = state["best_state"], state["since_best"], state["steps"]
+            start_epoch = resumed_from = state["epoch"] + 1
+            elapsed_before = state["seconds"]
+            stopped = state["stopped"]
+            if state["done"]:
+                start_epoch = cfg.epochs
+
+    t0 = time.perf_counter() - elapsed_before
+    stopped = "epochs" if resumed_from is None else stopped
+    sampler = getattr(loader, "sampler", None)
+    for epoch in range(start_epoch, cfg.epochs):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout etc. replay identically on resume
+        model.train()
+        total, count = 0.0, 0
+        opt.zero_grad(set_to_none=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for i, batch in enumerate(bar):
+            with config.autocast(device, dtype):
+                loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {i}; "
+                                         "lower the learning rate or check the inputs")
+            scaler.scale(loss / cfg.accumulate).backward()
+            total += float(loss.detach())
+            count += 1
+            if (i + 1) % cfg.accumulate == 0:
+                if cfg.clip_grad:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                steps += 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        model.eval()
+        with torch.no_grad():
+            val = evaluate(model)
+        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": opt.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - t0, 2), **{f"val_{k}": v for k, v in val.items()}}
+        history.append(row)
+        if val[cfg.metric] > best_metric:
+            best_metric, best_epoch, since_best = float(val[cfg.metric]), epoch + 1, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val {cfg.metric} "
+                       f"{val[cfg.metric]:.4f} (best {best_metric:.4f} @ {best_epoch}), {row['seconds']:.0f} s")
+        done = False
+        if cfg.patience is not None and since_best >= cfg.patience:
+            stopped, done = f"early stop: no val improvement for {cfg.patience} epochs", True
+        elif cfg.max_minutes is not None and row["seconds"] / 60 >= cfg.max_minutes:
+            stopped, done = f"time budget of {cfg.max_minutes} min reached", True
+        if ckpt_path:
+            storage.atomic_torch_save({
+                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "history": history,
+                "best_metric": best_metric, "best_epoch": best_epoch, "best_state": best_state,
+                "since_best": since_best, "steps": steps, "seconds": row["seconds"],
+                "done": done, "stopped": stopped}, ckpt_path)
+        if done:
+            break
+    if best_state is None:
+        raise RuntimeError("no epoch was trained (epochs = 0?)")
+    model.load_state_dict(best_state)
+    return TrainResult(history, best_epoch, best_metric, best_state, round(time.perf_counter() - t0, 2),
+                       stopped, resumed_from, steps)
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The checkpoint at ``path`` when it is readable and from this same configuration, else None."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        import warnings
+
+        warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}); training from the start",
+                      stacklevel=3)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        return None
+    return state
+
+
+def curves_figure(history: list[dict], title: str = "", metric: str = "top1"):
+    """Train loss and validation metric per epoch (and val loss when the task reports one)."""
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    if "val_loss" in history[0]:
+        ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="val loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax2.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", color="tab:green", label=f"val {metric}")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(f"val {metric}")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
