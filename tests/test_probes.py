@@ -97,10 +97,11 @@ def test_fit_logistic_chooses_the_c_with_best_val_accuracy():
     # ties are broken towards C = 1 (log scale); here C = 1e-3 and 1e-2 tie
     assert fit.C == min((c for c in grid if manual[c] == best), key=lambda c: abs(np.log10(c)))
     assert len(set(manual.values())) > 1  # the sweep is informative on this data
-    # refit_on_val=False: the probe is the train-only fit with that C
+    # refit_on_val=False: the probe is the train-only fit with that C (warm-started along the C path,
+    # so equal to a cold fit up to the solver's tolerance)
     nt = xt / np.linalg.norm(xt, axis=1, keepdims=True)
     ref = LogisticRegression(C=fit.C, max_iter=1000, tol=1e-4).fit(nt, yt)
-    np.testing.assert_allclose(fit.model.coef_, ref.coef_, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(fit.model.coef_, ref.coef_, rtol=1e-2, atol=2e-4)
 
 
 def test_fit_logistic_refit_on_val_trains_on_train_plus_val():
