@@ -44,6 +44,10 @@ SCRATCH_CONFIGS: dict[str, dict] = {
     "ViT-B/16": dict(embed=512, res=224, layers=12, width=768, patch=16, ctx=77, text_width=512, text_layers=12),
     "RN50": dict(embed=1024, res=224, layers=(3, 4, 6, 3), width=64, patch=None, ctx=77, text_width=512, text_layers=12),
     "RN101": dict(embed=512, res=224, layers=(3, 4, 23, 3), width=64, patch=None, ctx=77, text_width=512, text_layers=12),
+    # trainable from scratch on a CPU at EuroSAT's 64x64: a ResNet-18-sized image tower (2,2,2,2 stages)
+    # with a small text transformer, and a ResNet-50-sized one (the "larger CLIP" of proxy tuning)
+    "rn18-small": dict(embed=256, res=64, layers=(2, 2, 2, 2), width=64, patch=None, ctx=32, text_width=256, text_layers=4),
+    "rn50-small": dict(embed=512, res=64, layers=(3, 4, 6, 3), width=64, patch=None, ctx=32, text_width=256, text_layers=4),
     # small enough for tests and the smoke profile (seconds on a laptop CPU)
     "tiny-vit": dict(embed=64, res=32, layers=2, width=64, patch=8, ctx=32, text_width=64, text_layers=2),
     "tiny-rn": dict(embed=64, res=32, layers=(1, 1, 1, 1), width=16, patch=None, ctx=32, text_width=64, text_layers=2),

@@ -1,0 +1,194 @@
+"""Fine-tuning CLIP on a classification dataset: objectives, freezing strategies, text augmentation,
+WiSE-FT weight interpolation, and saving in OpenAI's format so ``file:<path>`` loads the result.
+
+Objectives (each a value of ``objective``):
+- ``ML``: the image encoder + a linear head, cross-entropy (head optionally initialised from the
+  zero-shot text classifier);
+- ``CS``: fine-tune like you pretrain — logit scale x cosine between image embeddings and the text
+  embeddings of the class prompts, cross-entropy over classes; each step draws a random template and
+  class-name synonym per class (text augmentation), and the text encoder trains unless frozen;
+- ``FLYP``: the contrastive loss of CLIP over the image–prompt pairs of the batch (one random prompt per
+  image), both directions, with images of the same class counted as positives of each other's prompts;
+- ``LP-FT``: a linear probe on frozen features first, then ML fine-tuning from it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from clip.model import CLIP, ModifiedResNet
+
+from . import prompts, zeroshot
+
+OBJECTIVES = ("ML", "CS", "FLYP", "LP-FT")
+
+
+# ------------------------------------------------------------------------------------ freezing
+def _vision_stages(visual) -> list[torch.nn.Module]:
+    """The vision tower as an ordered list of stages (stem first) for ``vision-freeze N``."""
+    if isinstance(visual, ModifiedResNet):
+        stem = torch.nn.ModuleList([visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3])
+        return [stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+    stem = torch.nn.ModuleList([visual.conv1, visual.ln_pre])
+    return [stem, *visual.transformer.resblocks]
+
+
+def apply_freeze(model: CLIP, strategy: str = "unfreeze", freeze_text: bool = False) -> dict:
+    """Set ``requires_grad`` for a strategy: ``unfreeze`` | ``vision-freeze N`` | ``mix-freeze``.
+
+    ``vision-freeze N`` freezes the stem and the first N blocks (ViT) or stages (ResNet) of the image
+    tower. ``mix-freeze`` freezes the backbones of both towers and trains their projections, their last
+    block, the final norms and the logit scale. ``freeze_text`` freezes the whole text tower.
+    Returns {"strategy", "trainable", "total"}.
+    """
+    for p in model.parameters():
+        p.requires_grad_(True)
+    visual = model.visual
+    if strategy.startswith("vision-freeze"):
+        try:
+            n = int(strategy.split()[1])
+        except (IndexError, ValueError) as e:
+            raise ValueError(f"freeze strategy {strategy!r}: use 'vision-freeze N' with a block count") from e
+        stages = _vision_stages(visual)
+        if not 0 <= n < len(stages):
+            raise ValueError(f"vision-freeze {n}: the image tower has {len(stages) - 1} blocks after its stem")
+        for stage in stages[: n + 1]:
+            stage.requires_grad_(False)
+        if not isinstance(visual, ModifiedResNet):
+            visual.class_embedding.requires_grad_(False)
+            visual.positional_embedding.requires_grad_(False)
+    elif strategy == "mix-freeze":
+        model.requires_grad_(False)
+        last_visual = visual.layer4[-1] if isinstance(visual, ModifiedResNet) else visual.transformer.resblocks[-1]
+        trainable = [last_visual, model.transformer.resblocks[-1], model.ln_final]
+        trainable.append(visual.attnpool if isinstance(visual, ModifiedResNet) else visual.ln_post)
+        for m in trainable:
+            m.requires_grad_(True)
+        if not isinstance(visual, ModifiedResNet):
+            visual.proj.requires_grad_(True)
+        model.text_projection.requires_grad_(True)
+        model.logit_scale.requires_grad_(True)
+    elif strategy != "unfreeze":
+        raise ValueError(f"freeze strategy {strategy!r}: use unfreeze, 'vision-freeze N' or mix-freeze")
+    if freeze_text:
+        for m in (model.transformer, model.token_embedding, model.ln_final):
+            m.requires_grad_(False)
+        model.positional_embedding.requires_grad_(False)
+        model.text_projection.requires_grad_(False)
+    return {"strategy": strategy, "freeze_text": freeze_text,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in model.parameters())}
+
+
+# ---------------------------------------------------------------------------------- text side
+@dataclass
+class PromptSampler:
+    """Random prompt per class (or per image): a template from ``templates`` and a synonym of the class
+    name (literature names list synonyms with 'or'). Seeded, so training runs repeat exactly."""
+
+    classnames: list[str]
+    templates: list[str]
+    seed: int = 0
+
+    def __post_init__(self):
+        self.templates = prompts.templates(self.templates)
+        self.synonyms = [prompts.synonyms(c) for c in self.classnames]
+        self.rng = random.Random(self.seed)
+
+    def for_classes(self, classes) -> list[str]:
+        return [self.rng.choice(self.templates).format(self.rng.choice(self.synonyms[int(c)])) for c in classes]
+
+
+class ClipClassifier(torch.nn.Module):
+    """ML objective: CLIP's image tower + a linear head on the normalised image embedding."""
+
+    def __init__(self, clip_model: CLIP, num_classes: int, init: torch.Tensor | None = None, scale: float = 100.0):
+        super().__init__()
+        self.clip = clip_model
+        dim = clip_model.text_projection.shape[1]
+        self.head = torch.nn.Linear(dim, num_classes)
+        if init is not None:  # the zero-shot classifier (or a probe) as starting weights
+            with torch.no_grad():
+                self.head.weight.copy_(init.float() * scale)
+                self.head.bias.zero_()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(F.normalize(self.clip.encode_image(images), dim=-1))
+
+
+def encode_prompts(model: CLIP, texts: list[str]) -> torch.Tensor:
+    import clip
+
+    tokens = clip.tokenize(texts, context_length=model.context_length, truncate=True)
+    return F.normalize(model.encode_text(tokens.to(model.logit_scale.device)), dim=-1)
+
+
+def cs_loss(sampler: PromptSampler, num_classes: int):
+    """CS objective: CE over classes of logit scale x cos(image, prompt of each class), a fresh random
+    prompt per class every step."""
+    def loss_fn(model: CLIP, batch):
+        images, labels = batch[0], batch[1]
+        dev = model.logit_scale.device
+        img = F.normalize(model.encode_image(images.to(dev)), dim=-1)
+        txt = encode_prompts(model, sampler.for_classes(range(num_classes)))
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        return F.cross_entropy(logits, torch.as_tensor(labels).to(dev))
+    return loss_fn
+
+
+def flyp_loss(sampler: PromptSampler):
+    """FLYP: CLIP's symmetric contrastive loss over the batch's image–prompt pairs; a prompt of the same
+    class as an image is a positive too (targets spread evenly over positives)."""
+    def loss_fn(model: CLIP, batch):
+        images, labels = batch[0], torch.as_tensor(batch[1])
+        dev = model.logit_scale.device
+        img = F.normalize(model.encode_image(images.to(dev)), dim=-1)
+        txt = encode_prompts(model, sampler.for_classes(labels.tolist()))
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        same = (labels[:, None] == labels[None, :]).float().to(dev)
+        target = same / same.sum(dim=1, keepdim=True)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return loss_fn
+
+
+def ml_loss():
+    def loss_fn(model: ClipClassifier, batch):
+        dev = model.head.weight.device
+        return F.cross_entropy(model(batch[0].to(dev)), torch.as_tensor(batch[1]).to(dev))
+    return loss_fn
+
+
+@torch.no_grad()
+def prompt_classifier(model: CLIP, classnames: list[str], templates) -> torch.Tensor:
+    """The zero-shot classifier of ``model`` in eval mode, without touching the feature cache (the
+    weights change every epoch during training)."""
+    was_training = model.training
+    model.eval()
+    tmpl = prompts.templates(templates)
+    emb = encode_prompts(model, prompts.format_prompts(classnames, tmpl)).float()
+    emb = F.normalize(emb.view(len(classnames), len(tmpl), -1).mean(1), dim=-1)
+    model.train(was_training)
+    return emb
+
+
+# ------------------------------------------------------------------------------------- WiSE-FT
+def interpolate(zero_shot: dict, fine_tuned: dict, alpha: float) -> dict:
+    """WiSE-FT: theta = (1 - alpha) * theta_zero-shot + alpha * theta_fine-tuned (float tensors only)."""
+    if zero_shot.keys() != fine_tuned.keys():
+        missing = sorted(set(zero_shot) ^ set(fine_tuned))[:5]
+        raise ValueError(f"state dicts differ in keys (e.g. {missing}); WiSE-FT needs one architecture")
+    out = {}
+    for k, a in zero_shot.items():
+        b = fine_tuned[k]
+        out[k] = torch.lerp(a.float(), b.float(), alpha).to(a.dtype) if a.is_floating_point() else b.clone()
+    return out
+
+
+def logits_with(model: CLIP, image_features: torch.Tensor, classnames: list[str], templates) -> np.ndarray:
+    """scale x cos logits of precomputed image features against ``model``'s prompt classifier."""
+    classifier = prompt_classifier(model, classnames, templates)
+    return zeroshot.logits(image_features, classifier, float(model.logit_scale.exp().clamp(max=100))).numpy()

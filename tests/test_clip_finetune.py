@@ -1,0 +1,122 @@
+"""CLIP fine-tuning building blocks: freezing strategies, losses, text augmentation, WiSE-FT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import clip_finetune as cf
+from helpers import models
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every test here runs with one torch thread (see conftest.one_thread)."""
+
+
+@pytest.fixture(params=["tiny-vit", "tiny-rn"])
+def tiny(request):
+    return models.load_model(f"scratch:{request.param}", device="cpu").model
+
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_unfreeze_trains_everything_and_freeze_text_freezes_the_text_tower(tiny):
+    info = cf.apply_freeze(tiny, "unfreeze")
+    assert info["trainable"] == info["total"]
+    info = cf.apply_freeze(tiny, "unfreeze", freeze_text=True)
+    names = _trainable(tiny)
+    assert not any(n.startswith(("transformer.", "token_embedding", "ln_final")) for n in names)
+    assert "text_projection" not in names and "positional_embedding" not in names
+    assert any(n.startswith("visual.") for n in names) and info["trainable"] < info["total"]
+
+
+def test_vision_freeze_n_freezes_the_stem_and_first_n_blocks(tiny):
+    cf.apply_freeze(tiny, "vision-freeze 1")
+    names = _trainable(tiny)
+    assert "visual.conv1.weight" not in names
+    if hasattr(tiny.visual, "transformer"):
+        assert not any(n.startswith("visual.transformer.resblocks.0.") for n in names)
+        assert any(n.startswith("visual.transformer.resblocks.1.") for n in names)
+        assert "visual.class_embedding" not in names
+    else:
+        assert not any(n.startswith("visual.layer1.") for n in names)
+        assert any(n.startswith("visual.layer2.") for n in names)
+    assert any(n.startswith("transformer.") for n in names)  # text tower untouched
+    with pytest.raises(ValueError, match="blocks after its stem"):
+        cf.apply_freeze(tiny, "vision-freeze 99")
+    with pytest.raises(ValueError, match="vision-freeze N"):
+        cf.apply_freeze(tiny, "vision-freeze")
+
+
+def test_mix_freeze_trains_projections_last_blocks_and_logit_scale_only(tiny):
+    info = cf.apply_freeze(tiny, "mix-freeze")
+    names = _trainable(tiny)
+    assert "logit_scale" in names and "text_projection" in names and "ln_final.weight" in names
+    last_text = len(tiny.transformer.resblocks) - 1
+    assert any(n.startswith(f"transformer.resblocks.{last_text}.") for n in names)
+    assert not any(n.startswith("transformer.resblocks.0.") for n in names) or last_text == 0
+    assert "token_embedding.weight" not in names and "visual.conv1.weight" not in names
+    assert 0 < info["trainable"] < info["total"]
+    with pytest.raises(ValueError, match="freeze strategy"):
+        cf.apply_freeze(tiny, "freeze-everything")
+
+
+def test_prompt_sampler_is_seeded_and_uses_synonyms_and_templates():
+    names = ["brushland or shrubland", "river"]
+    a = cf.PromptSampler(names, "openai-eurosat", seed=3)
+    b = cf.PromptSampler(names, "openai-eurosat", seed=3)
+    drawn = [a.for_classes([0, 1]) for _ in range(30)]
+    assert drawn == [b.for_classes([0, 1]) for _ in range(30)]
+    firsts = {d[0] for d in drawn}
+    assert any("brushland" in p for p in firsts) and any("shrubland" in p for p in firsts)
+    assert all(p.startswith("a centered satellite photo of") for d in drawn for p in d)
+    assert all(d[1].endswith("river.") for d in drawn)
+
+
+@pytest.mark.parametrize("objective", ["CS", "FLYP", "ML"])
+def test_losses_are_finite_and_send_gradients_where_they_should(objective):
+    model = models.load_model("scratch:tiny-rn", device="cpu").model.train()
+    sampler = cf.PromptSampler(["red circle", "green square", "blue triangle"], "{}", seed=0)
+    images, labels = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+    if objective == "ML":
+        net = cf.ClipClassifier(model, 3)
+        loss = cf.ml_loss()(net, (images, labels))
+    else:
+        net = model
+        loss = (cf.cs_loss(sampler, 3) if objective == "CS" else cf.flyp_loss(sampler))(model, (images, labels))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.visual.conv1.weight.grad is not None and model.visual.conv1.weight.grad.abs().sum() > 0
+    text_grad = model.token_embedding.weight.grad
+    if objective == "ML":
+        assert text_grad is None  # the text tower takes no part in the ML objective
+        assert net.head.weight.grad is not None
+    else:
+        assert text_grad is not None and text_grad.abs().sum() > 0
+
+
+def test_ml_head_initialised_from_the_zero_shot_classifier_gives_its_logits():
+    model = models.load_model("scratch:tiny-vit", device="cpu").model.eval()
+    names = ["red circle", "green square"]
+    classifier = cf.prompt_classifier(model, names, "{}")
+    net = cf.ClipClassifier(model, 2, init=classifier, scale=50.0).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = 50.0 * torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ classifier.T
+        assert torch.allclose(net(x), expected, atol=1e-4)
+
+
+def test_wise_ft_interpolation_endpoints_and_midpoint():
+    a = models.load_model("scratch:tiny-vit@0", device="cpu").model.state_dict()
+    b = models.load_model("scratch:tiny-vit@1", device="cpu").model.state_dict()
+    assert all(torch.equal(v, a[k]) for k, v in cf.interpolate(a, b, 0.0).items())
+    assert all(torch.equal(v, b[k]) for k, v in cf.interpolate(a, b, 1.0).items())
+    mid = cf.interpolate(a, b, 0.5)
+    k = "visual.conv1.weight"
+    assert torch.allclose(mid[k], (a[k] + b[k]) / 2, atol=1e-6)
+    other = models.load_model("scratch:tiny-rn", device="cpu").model.state_dict()
+    with pytest.raises(ValueError, match="one architecture"):
+        cf.interpolate(a, other, 0.5)
