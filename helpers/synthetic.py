@@ -86,6 +86,13 @@ def make_synthetic(root: Path | str | None = None, n_train: int = 24, n_test: in
     if (root / "COMPLETE").is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
+    with storage.file_lock(root.parent / f".{root.name}"):  # several processes (DDP ranks) may ask at once
+        if (root / "COMPLETE").is_file():
+            return root
+        return _write(root, params, n_train, n_test, size, seed)
+
+
+def _write(root: Path, params: dict, n_train: int, n_test: int, size: int, seed: int) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     rows = []
     for ci, (folder, (name, colour, shape, _)) in enumerate(CLASSES.items()):

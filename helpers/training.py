@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import config, storage
+from . import config, distributed, storage
 
 
 @dataclass
@@ -73,9 +73,16 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def train_loader(dataset, batch_size: int, seed: int, workers: int | None = None, drop_last: bool = True):
-    """A shuffling loader whose order and augmentation randomness depend only on (seed, epoch)."""
+    """A shuffling loader whose order and augmentation randomness depend only on (seed, epoch).
+
+    Under torchrun each rank reads its own shard with ``batch_size / world size`` images per step, so
+    the effective batch stays ``batch_size``.
+    """
     workers = config.num_workers() if workers is None else workers
-    sampler = EpochSampler(len(dataset), seed)
+    if distributed.is_distributed():
+        sampler, batch_size = distributed.sampler(dataset, seed), max(1, batch_size // distributed.world_size())
+    else:
+        sampler = EpochSampler(len(dataset), seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
         persistent_workers=False, prefetch_factor=4 if workers else None,
@@ -139,9 +146,12 @@ def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[
 
     ``checkpoint_dir``: ``last.pt`` is written atomically after every epoch; when it exists and was
     written by the same configuration (``run_card``, model shapes, cfg), training resumes from it.
+    Under torchrun, ``loss_fn`` gets the model wrapped in DistributedDataParallel (so its ``forward``
+    must compute the loss) and only rank 0 writes checkpoints; every rank reads them to resume.
     """
     device = device or config.device()
     model.to(device)
+    runner = distributed.wrap(model, device)
     dtype = config.autocast_dtype(device)
     params = param_groups(model, cfg.weight_decay)
     opt = (optimizer_factory or (lambda groups: torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)))(params)
@@ -155,7 +165,8 @@ def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[
     start_epoch, resumed_from, steps, elapsed_before = 0, None, 0, 0.0
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if ckpt_path:
-        storage.ensure_writable_dir(ckpt_path.parent, "checkpoint", "CLIPLAB_CACHE")
+        if distributed.is_main():
+            storage.ensure_writable_dir(ckpt_path.parent, "checkpoint", "CLIPLAB_CACHE")
         state = _load_checkpoint(ckpt_path, fingerprint)
         if state is not None:
             model.load_state_dict(state["model"])
@@ -183,7 +194,7 @@ def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for i, batch in enumerate(bar):
             with config.autocast(device, dtype):
-                loss = loss_fn(model, batch)
+                loss = loss_fn(runner, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {i}; "
                                          "lower the learning rate or check the inputs")
@@ -200,6 +211,7 @@ def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[
                 sched.step()
                 steps += 1
             bar.set_postfix(loss=f"{total / count:.4f}")
+        distributed.sync_buffers(model)
         model.eval()
         with torch.no_grad():
             val = evaluate(model)
@@ -219,7 +231,7 @@ def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[
             stopped, done = f"early stop: no val improvement for {cfg.patience} epochs", True
         elif cfg.max_minutes is not None and row["seconds"] / 60 >= cfg.max_minutes:
             stopped, done = f"time budget of {cfg.max_minutes} min reached", True
-        if ckpt_path:
+        if ckpt_path and distributed.is_main():
             storage.atomic_torch_save({
                 "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "history": history,
