@@ -103,21 +103,76 @@ class PromptSampler:
         return [self.rng.choice(self.templates).format(self.rng.choice(self.synonyms[int(c)])) for c in classes]
 
 
-class ClipClassifier(torch.nn.Module):
-    """ML objective: CLIP's image tower + a linear head on the normalised image embedding."""
+class FineTuner(torch.nn.Module):
+    """CLIP with one training objective. ``forward(images, targets)`` returns the loss, so one forward
+    call carries the whole step and DistributedDataParallel can wrap it; ``classify(images)`` gives class
+    logits for evaluation (the linear head for ML/LP-FT, prompt matching otherwise).
 
-    def __init__(self, clip_model: CLIP, num_classes: int, init: torch.Tensor | None = None, scale: float = 100.0):
+    ``targets`` are class indices, or caption strings for the ``captions`` objective (CLIP's contrastive
+    loss over image-caption pairs, for retrieval fine-tuning; ``groups`` gives each pair's image id).
+    """
+
+    def __init__(self, clip_model: CLIP, objective: str, classnames: list[str] | None = None,
+                 templates="centered-satellite", seed: int = 0, head_init: torch.Tensor | None = None,
+                 head_bias: torch.Tensor | None = None):
         super().__init__()
-        self.clip = clip_model
-        dim = clip_model.text_projection.shape[1]
-        self.head = torch.nn.Linear(dim, num_classes)
-        if init is not None:  # the zero-shot classifier (or a probe) as starting weights
+        if objective not in OBJECTIVES + ("captions",):
+            raise ValueError(f"objective {objective!r}: use one of {OBJECTIVES + ('captions',)}")
+        self.clip, self.objective = clip_model, objective
+        self.classnames, self.templates = list(classnames or []), templates
+        self.sampler = PromptSampler(self.classnames, templates, seed) if classnames else None
+        self.head = None
+        if objective in ("ML", "LP-FT"):
+            self.head = torch.nn.Linear(clip_model.text_projection.shape[1], len(self.classnames))
             with torch.no_grad():
-                self.head.weight.copy_(init.float() * scale)
-                self.head.bias.zero_()
+                if head_init is not None:
+                    self.head.weight.copy_(head_init.float())
+                    self.head.bias.copy_(head_bias.float() if head_bias is not None else 0.0)
+            # the text tower and the temperature take no part: frozen, so DDP sees no unused parameters
+            for m in (clip_model.transformer, clip_model.token_embedding, clip_model.ln_final):
+                m.requires_grad_(False)
+            for p in (clip_model.positional_embedding, clip_model.text_projection, clip_model.logit_scale):
+                p.requires_grad_(False)
+        self._classifier: torch.Tensor | None = None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(F.normalize(self.clip.encode_image(images), dim=-1))
+    def scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().clamp(max=100)
+
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    def forward(self, images: torch.Tensor, targets, groups: torch.Tensor | None = None) -> torch.Tensor:
+        self._classifier = None  # the weights are about to change
+        img = self.image_embedding(images)
+        if self.head is not None:
+            return F.cross_entropy(self.head(img), torch.as_tensor(targets, device=img.device))
+        if self.objective == "CS":  # a fresh random prompt per class, every step
+            txt = encode_prompts(self.clip, self.sampler.for_classes(range(len(self.classnames))))
+            return F.cross_entropy(self.scale() * img @ txt.T, torch.as_tensor(targets, device=img.device))
+        if self.objective == "FLYP":  # one random prompt per image; same-class prompts are positives too
+            labels = torch.as_tensor(targets)
+            txt = encode_prompts(self.clip, self.sampler.for_classes(labels.tolist()))
+            same = (labels[:, None] == labels[None, :]).float().to(img.device)
+        else:  # captions: the pairs of one image (``groups``: image ids) are each other's positives
+            txt = encode_prompts(self.clip, list(targets))
+            g = torch.arange(len(txt)) if groups is None else torch.as_tensor(groups)
+            same = (g[:, None] == g[None, :]).float().to(img.device)
+        logits = self.scale() * img @ txt.T
+        target = same / same.sum(dim=1, keepdim=True)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T)) / 2
+
+    def begin_eval(self) -> None:
+        """Fix the prompt classifier (every template, averaged) for the evaluation that follows."""
+        if self.head is None and self.classnames:
+            self._classifier = prompt_classifier(self.clip, self.classnames, self.templates)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        img = self.image_embedding(images)
+        if self.head is not None:
+            return self.head(img)
+        if self._classifier is None:
+            self.begin_eval()
+        return self.scale() * img @ self._classifier.to(img.device, img.dtype).T
 
 
 def encode_prompts(model: CLIP, texts: list[str]) -> torch.Tensor:
@@ -125,41 +180,6 @@ def encode_prompts(model: CLIP, texts: list[str]) -> torch.Tensor:
 
     tokens = clip.tokenize(texts, context_length=model.context_length, truncate=True)
     return F.normalize(model.encode_text(tokens.to(model.logit_scale.device)), dim=-1)
-
-
-def cs_loss(sampler: PromptSampler, num_classes: int):
-    """CS objective: CE over classes of logit scale x cos(image, prompt of each class), a fresh random
-    prompt per class every step."""
-    def loss_fn(model: CLIP, batch):
-        images, labels = batch[0], batch[1]
-        dev = model.logit_scale.device
-        img = F.normalize(model.encode_image(images.to(dev)), dim=-1)
-        txt = encode_prompts(model, sampler.for_classes(range(num_classes)))
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        return F.cross_entropy(logits, torch.as_tensor(labels).to(dev))
-    return loss_fn
-
-
-def flyp_loss(sampler: PromptSampler):
-    """FLYP: CLIP's symmetric contrastive loss over the batch's image–prompt pairs; a prompt of the same
-    class as an image is a positive too (targets spread evenly over positives)."""
-    def loss_fn(model: CLIP, batch):
-        images, labels = batch[0], torch.as_tensor(batch[1])
-        dev = model.logit_scale.device
-        img = F.normalize(model.encode_image(images.to(dev)), dim=-1)
-        txt = encode_prompts(model, sampler.for_classes(labels.tolist()))
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        same = (labels[:, None] == labels[None, :]).float().to(dev)
-        target = same / same.sum(dim=1, keepdim=True)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    return loss_fn
-
-
-def ml_loss():
-    def loss_fn(model: ClipClassifier, batch):
-        dev = model.head.weight.device
-        return F.cross_entropy(model(batch[0].to(dev)), torch.as_tensor(batch[1]).to(dev))
-    return loss_fn
 
 
 @torch.no_grad()

@@ -26,8 +26,9 @@ class Finetuned:
 
 
 def predict(model: torch.nn.Module, dataset, batch_size: int = 256, workers: int | None = None,
-            device: torch.device | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(logits float32 [N, C], labels) of ``model`` over ``dataset`` in order, batched under autocast."""
+            device: torch.device | None = None, progress: bool = False, classify=None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits float32 [N, C], labels) of ``model`` (or of ``classify(images)``) over ``dataset`` in
+    order, batched under autocast."""
     device = device or config.device()
     workers = config.num_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -37,7 +38,7 @@ def predict(model: torch.nn.Module, dataset, batch_size: int = 256, workers: int
     with torch.inference_mode(), config.autocast(device):
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             x, y = batch[0], batch[1]
-            out.append(model(x.to(device)).float().cpu())
+            out.append((classify or model)(x.to(device)).float().cpu())
             labels.append(torch.as_tensor(y))
     return torch.cat(out).numpy(), torch.cat(labels).numpy()
 
@@ -52,9 +53,11 @@ def classification_loss(label_smoothing: float = 0.0):
 
 def train_classifier(net: torch.nn.Module, splits: dict[str, Samples], train_transform, eval_transform,
                      cfg: training.TrainConfig, batch_size: int, run_card: dict, label_smoothing: float = 0.0,
-                     progress: bool = True) -> Finetuned:
+                     progress: bool = True, loss_fn=None, classify=None) -> Finetuned:
     """Train ``net`` on ``splits['train']`` (augmented), select on val top-1, report the best on test.
 
+    By default ``net(images)`` gives class logits and the loss is cross-entropy; a task with its own
+    objective passes ``loss_fn(model, batch)`` and ``classify(images) -> logits`` (CLIP fine-tuning).
     Checkpoints go to ``<cache>/checkpoints/<hash of run_card + cfg>/`` so an interrupted run resumes.
     """
     ckpt_dir = config.cache_dir() / "checkpoints" / storage.sha256_json({"run": run_card, "cfg": cfg.card(),
@@ -64,13 +67,13 @@ def train_classifier(net: torch.nn.Module, splits: dict[str, Samples], train_tra
     loader = training.train_loader(train_ds, batch_size, cfg.seed)
 
     def evaluate(model):
-        logits, labels = predict(model, val_ds, batch_size=2 * batch_size)
+        logits, labels = predict(model, val_ds, batch_size=2 * batch_size, classify=classify)
         return {"top1": float((logits.argmax(1) == labels).mean()),
                 "loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))}
 
     trainable, total = training.count_trainable(net)
-    result = training.train(net, loader, classification_loss(label_smoothing), evaluate, cfg, ckpt_dir,
+    result = training.train(net, loader, loss_fn or classification_loss(label_smoothing), evaluate, cfg, ckpt_dir,
                             run_card=run_card, progress=progress)
-    logits, labels = predict(net, test_ds, batch_size=2 * batch_size)
+    logits, labels = predict(net, test_ds, batch_size=2 * batch_size, classify=classify)
     m = metrics.classification_metrics(logits, labels, splits["test"].num_classes)
     return Finetuned(result, m, logits, str(ckpt_dir), trainable, total)

@@ -46,7 +46,7 @@ SCRATCH_CONFIGS: dict[str, dict] = {
     "RN101": dict(embed=512, res=224, layers=(3, 4, 23, 3), width=64, patch=None, ctx=77, text_width=512, text_layers=12),
     # trainable from scratch on a CPU at EuroSAT's 64x64: a ResNet-18-sized image tower (2,2,2,2 stages)
     # with a small text transformer, and a ResNet-50-sized one (the "larger CLIP" of proxy tuning)
-    "rn18-small": dict(embed=256, res=64, layers=(2, 2, 2, 2), width=64, patch=None, ctx=32, text_width=256, text_layers=4),
+    "rn18-small": dict(embed=256, res=64, layers=(2, 2, 2, 2), width=32, patch=None, ctx=32, text_width=256, text_layers=4),
     "rn50-small": dict(embed=512, res=64, layers=(3, 4, 6, 3), width=64, patch=None, ctx=32, text_width=256, text_layers=4),
     # small enough for tests and the smoke profile (seconds on a laptop CPU)
     "tiny-vit": dict(embed=64, res=32, layers=2, width=64, patch=8, ctx=32, text_width=64, text_layers=2),
@@ -260,7 +260,9 @@ def _load_checkpoint_file(path: Path, spec: str) -> CLIP:
         raise ModelSpecError(f"{spec}: {path} holds no CLIP state dict (no text_projection weight)")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     try:
-        return build_model(sd)
+        model = build_model(sd)  # casts to fp16 (OpenAI's layout); reload so fp32 checkpoints stay exact
+        model.float().load_state_dict(sd)
+        return model
     except (RuntimeError, KeyError, AssertionError) as e:
         raise ModelSpecError(f"{spec}: {path} does not fit a CLIP architecture: {e}") from e
 

@@ -27,7 +27,7 @@ DEFAULT_TEMPLATES = "centered-satellite"
 
 
 def templates(name_or_list) -> list[str]:
-    """A template-set name from :data:`TEMPLATE_SETS`, or a list of templates, validated."""
+    """A template-set name from :data:`TEMPLATE_SETS`, or a list of templates and set names, validated."""
     if isinstance(name_or_list, str):
         if name_or_list in TEMPLATE_SETS:
             found = TEMPLATE_SETS[name_or_list]
@@ -36,8 +36,8 @@ def templates(name_or_list) -> list[str]:
         else:
             raise KeyError(f"unknown template set {name_or_list!r}; known: {sorted(TEMPLATE_SETS)} "
                            "(or pass a template containing '{}')")
-    else:
-        found = list(name_or_list)
+    else:  # a list of templates and/or set names
+        found = [t for item in name_or_list for t in (TEMPLATE_SETS.get(item) or [item])]
     for t in found:
         if t.count("{}") != 1:
             raise ValueError(f"template {t!r} must contain '{{}}' exactly once")

@@ -19,7 +19,7 @@ def text_classifier(loaded, classnames: list[str], templates) -> torch.Tensor:
 
 def logit_scale(loaded) -> float:
     """The model's learned temperature (CLIP clamps it at 100)."""
-    return float(loaded.model.logit_scale.exp().clamp(max=100.0))
+    return float(loaded.model.logit_scale.detach().exp().clamp(max=100.0))
 
 
 def logits(image_features: torch.Tensor, classifier: torch.Tensor, scale: float = 100.0) -> torch.Tensor:

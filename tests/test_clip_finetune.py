@@ -76,37 +76,15 @@ def test_prompt_sampler_is_seeded_and_uses_synonyms_and_templates():
     assert all(d[1].endswith("river.") for d in drawn)
 
 
-@pytest.mark.parametrize("objective", ["CS", "FLYP", "ML"])
-def test_losses_are_finite_and_send_gradients_where_they_should(objective):
-    model = models.load_model("scratch:tiny-rn", device="cpu").model.train()
-    sampler = cf.PromptSampler(["red circle", "green square", "blue triangle"], "{}", seed=0)
-    images, labels = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
-    if objective == "ML":
-        net = cf.ClipClassifier(model, 3)
-        loss = cf.ml_loss()(net, (images, labels))
-    else:
-        net = model
-        loss = (cf.cs_loss(sampler, 3) if objective == "CS" else cf.flyp_loss(sampler))(model, (images, labels))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert model.visual.conv1.weight.grad is not None and model.visual.conv1.weight.grad.abs().sum() > 0
-    text_grad = model.token_embedding.weight.grad
-    if objective == "ML":
-        assert text_grad is None  # the text tower takes no part in the ML objective
-        assert net.head.weight.grad is not None
-    else:
-        assert text_grad is not None and text_grad.abs().sum() > 0
-
-
 def test_ml_head_initialised_from_the_zero_shot_classifier_gives_its_logits():
     model = models.load_model("scratch:tiny-vit", device="cpu").model.eval()
     names = ["red circle", "green square"]
     classifier = cf.prompt_classifier(model, names, "{}")
-    net = cf.ClipClassifier(model, 2, init=classifier, scale=50.0).eval()
+    tuner = cf.FineTuner(model, "ML", names, "{}", head_init=classifier * 50.0).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = 50.0 * torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ classifier.T
-        assert torch.allclose(net(x), expected, atol=1e-4)
+        assert torch.allclose(tuner.classify(x), expected, atol=1e-4)
 
 
 def test_wise_ft_interpolation_endpoints_and_midpoint():
@@ -120,3 +98,47 @@ def test_wise_ft_interpolation_endpoints_and_midpoint():
     other = models.load_model("scratch:tiny-rn", device="cpu").model.state_dict()
     with pytest.raises(ValueError, match="one architecture"):
         cf.interpolate(a, other, 0.5)
+
+
+# ------------------------------------------------------------------ the FineTuner module (06)
+@pytest.mark.parametrize("objective", ["CS", "FLYP", "ML", "LP-FT", "captions"])
+def test_fine_tuner_forward_is_the_loss_and_its_gradients_reach_the_right_towers(objective):
+    model = models.load_model("scratch:tiny-rn", device="cpu").model.train()
+    names = ["red circle", "green square", "blue triangle"]
+    tuner = cf.FineTuner(model, objective, None if objective == "captions" else names, "{}", seed=0)
+    images = torch.randn(6, 3, 32, 32)
+    targets = ["a red thing", "a red thing", "green", "blue", "a green square", "x"] if objective == "captions" \
+        else torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = tuner(images, targets, torch.tensor([0, 0, 1, 2, 1, 3]) if objective == "captions" else None)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert model.visual.conv1.weight.grad.abs().sum() > 0
+    text_grad = model.token_embedding.weight.grad
+    if objective in ("ML", "LP-FT"):  # the head objectives freeze the text tower and the temperature
+        assert text_grad is None and not model.logit_scale.requires_grad
+        assert tuner.head.weight.grad.abs().sum() > 0
+    else:
+        assert text_grad.abs().sum() > 0
+
+
+def test_fine_tuner_classify_matches_prompt_matching_and_refreshes_after_a_step():
+    model = models.load_model("scratch:tiny-vit", device="cpu").model
+    names = ["red circle", "green square"]
+    tuner = cf.FineTuner(model, "CS", names, ["a photo of {}.", "art of {}."], seed=0).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = cf.logits_with(model, model.encode_image(x), names, ["a photo of {}.", "art of {}."])
+        assert torch.allclose(tuner.classify(x), torch.from_numpy(expected), atol=1e-4)
+    tuner.train()
+    tuner(x, torch.tensor([0, 1, 0])).backward()
+    torch.optim.SGD(tuner.parameters(), lr=1.0).step()
+    tuner.eval()
+    with torch.no_grad():  # the cached text classifier must not survive a weight update
+        fresh = cf.logits_with(model, model.encode_image(x), names, ["a photo of {}.", "art of {}."])
+        assert torch.allclose(tuner.classify(x), torch.from_numpy(fresh), atol=1e-4)
+
+
+def test_unknown_objective_is_refused():
+    model = models.load_model("scratch:tiny-rn", device="cpu").model
+    with pytest.raises(ValueError, match="objective"):
+        cf.FineTuner(model, "SGD", ["a"])

@@ -1,0 +1,350 @@
+"""Notebook 06 as calls: fine-tune CLIP on the target dataset with each objective, then measure what
+changed — zero-shot before vs after on the target and on held-out datasets (forgetting), WiSE-FT
+weight interpolation, and retrieval before vs after fine-tuning on captions.
+
+Every fine-tuned model is saved in OpenAI's state-dict format and read back through ``file:<path>``,
+so what is measured after training is exactly what the rest of the suite (and notebook 07) loads.
+The same functions run under ``torchrun`` (``scripts/finetune_clip.py``); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import clip_finetune as cf
+from . import (
+    config,
+    data,
+    distributed,
+    features,
+    finetune,
+    metrics,
+    models,
+    plots,
+    probes,
+    prompts,
+    records,
+    storage,
+    synthetic,
+    training,
+    transforms,
+    zeroshot,
+)
+from .data import Samples
+from .experiments import Outcome, _save, _slug, _train_config, encode
+from .profiles import Profile
+
+EXPERIMENT = "06_clip_finetune"
+
+
+def held_out_tests(P: Profile, names) -> list[Samples]:
+    """Test splits of the held-out datasets named in the parameters: ``synthetic``, ``eurosat`` or an
+    image folder (``<root>/<class>/*`` or with train/test subfolders)."""
+    out = []
+    for item in names or []:
+        if item == "synthetic":
+            out.append(synthetic.load_synthetic(seed=P.seed)["test"])
+        elif item == "eurosat":
+            out.append(data.load_eurosat(val_fraction=0, seed=P.seed)["test"])
+        else:
+            out.append(data.load_image_folder(item, seed=P.seed)["test"])
+    return out
+
+
+def zero_shot_metrics(P: Profile, loaded: models.LoadedModel, samples: Samples, templates) -> dict:
+    feats = encode(P, loaded, samples)
+    return zeroshot.evaluate(loaded, feats.features, feats.labels, samples.classnames, templates)["metrics"]
+
+
+def in_memory(spec: str, model: torch.nn.Module, status: str, meta: dict | None = None) -> models.LoadedModel:
+    """A model that exists only in memory (e.g. WiSE-FT weights), named by its weights' hash so the
+    feature cache keys it correctly."""
+    sha = storage.sha256_state_dict(model.state_dict())
+    return models.LoadedModel(spec, model.float().eval(), sha, status, None, meta or {})
+
+
+@dataclass
+class FineTuneRun:
+    objective: str
+    tuned: finetune.Finetuned
+    loaded: models.LoadedModel  # the saved checkpoint read back through file:<path>
+    freeze: dict
+    checkpoint: str
+    train_card: dict
+    trained_sha256: str  # this process's weights after training (ranks of a DDP run must agree)
+    initial_sha256: str
+
+
+def _head_init(P: Profile, objective: str, loaded0: models.LoadedModel, splits, s: dict):
+    """Starting weights of the linear head: LP-FT -> a logistic-regression probe on frozen features;
+    ML -> the zero-shot classifier x logit scale (or random when ``head_init: random``)."""
+    classnames = splits["test"].classnames
+    if objective == "LP-FT":
+        f = {k: encode(P, loaded0, splits[k]) for k in ("train", "val")}
+        fit = probes.fit_logistic(f["train"].features, f["train"].labels, f["val"].features, f["val"].labels,
+                                  refit_on_val=False, max_iter=int(s.get("probe_max_iter", 1000)))
+        return (torch.as_tensor(fit.model.coef_, dtype=torch.float32),
+                torch.as_tensor(fit.model.intercept_, dtype=torch.float32), {"probe_C": fit.C})
+    if objective == "ML" and s.get("head_init", "zero-shot") == "zero-shot":
+        w = zeroshot.text_classifier(loaded0, classnames, s["templates"]) * zeroshot.logit_scale(loaded0)
+        return w, None, {"head_init": "zero-shot classifier x logit scale"}
+    return None, None, {"head_init": "random"}
+
+
+def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, progress: bool = True) -> FineTuneRun:
+    """Fine-tune the profile's CLIP with one objective; the best epoch (val top-1) is saved in OpenAI's
+    format and loaded back through ``file:``."""
+    spec, classnames = s["model"], splits["test"].classnames
+    loaded0 = models.load_model(spec)
+    head_w, head_b, head_card = _head_init(P, objective, loaded0, splits, s)
+    model = copy.deepcopy(loaded0.model)
+    freeze = cf.apply_freeze(model, s.get("freeze", "unfreeze"), bool(s.get("freeze_text", False)))
+    tuner = cf.FineTuner(model, objective, classnames, s.get("train_templates") or s["templates"],
+                                    seed=P.seed, head_init=head_w, head_bias=head_b)
+    freeze["trainable"], freeze["total"] = training.count_trainable(tuner)
+    if progress and distributed.is_main():
+        print(f"{objective}: {freeze['trainable']:,} of {freeze['total']:,} parameters trainable ({freeze['strategy']}"
+              f"{', text tower frozen' if s.get('freeze_text') else ''})")
+    res, interp = loaded0.resolution, s.get("interpolation", "bicubic")
+    train_tf, train_tcard = transforms.image_transform(res, interp, transforms.CLIP_MEAN, transforms.CLIP_STD,
+                                                       train=True, aerial=bool(s.get("aerial", True)),
+                                                       color_jitter=float(s.get("color_jitter", 0.0)))
+    eval_tf, _ = loaded0.transform(interp)
+    cfg = _train_config(s["train"], P.seed)
+    batch = int(s["train"].get("batch_size", 64))
+    train_card = {"objective": objective, "spec": spec, "weights": loaded0.weights_sha256, "freeze": freeze,
+                  "data": splits["train"].fingerprint(), "transform": train_tcard, **head_card,
+                  "train_templates": prompts.templates(s.get("train_templates") or s["templates"]),
+                  "eval_templates": prompts.templates(s["templates"]), "world_size": distributed.world_size()}
+    dev = config.device()
+    tuned = finetune.train_classifier(tuner, splits, train_tf, eval_tf, cfg, batch, train_card, progress=progress,
+                                      loss_fn=lambda m, b: m(b[0].to(dev), b[1]), classify=tuner.classify)
+    path = config.cache_dir() / "models" / P.name / f"{_slug(EXPERIMENT, objective, spec)}-{storage.sha256_json(train_card)[:10]}.pt"
+    if distributed.is_main():
+        meta = {"trained": True, "by": EXPERIMENT, "objective": objective, "initial": loaded0.card(),
+                "dataset": splits["train"].card(), "test_top1": tuned.test_metrics["top1"],
+                "best_epoch": tuned.result.best_epoch, "train": cfg.card()}
+        models.save_openai_state_dict(tuner.clip, path, meta, half=False)
+    distributed.barrier()
+    return FineTuneRun(objective, tuned, models.load_model(f"file:{path}"), freeze, str(path), train_card,
+                       storage.sha256_state_dict(tuner.clip.state_dict()), loaded0.weights_sha256)
+
+
+def wise_ft(P: Profile, loaded0: models.LoadedModel, run: FineTuneRun, tests: list[Samples], alphas, templates
+            ) -> list[dict]:
+    """Zero-shot accuracy of theta = (1 - alpha) theta_0 + alpha theta_ft on each test split."""
+    rows = []
+    start, end = loaded0.model.state_dict(), run.loaded.model.state_dict()
+    for alpha in alphas:
+        model = copy.deepcopy(loaded0.model)
+        model.load_state_dict(cf.interpolate(start, end, float(alpha)))
+        status = loaded0.status if alpha == 0 else ("trained" if alpha == 1 else "interpolated")
+        loaded = in_memory(f"{run.loaded.spec}|wise-ft alpha={alpha:g}", model, status,
+                           {"alpha": float(alpha), "zero_shot": loaded0.spec, "fine_tuned": run.checkpoint})
+        for t in tests:
+            m = zero_shot_metrics(P, loaded, t, templates)
+            rows.append({"alpha": float(alpha), "dataset": t.name, "top1": m["top1"], "metrics": m,
+                         "loaded": loaded, "samples": t, "untrained": not loaded.trained})
+    return rows
+
+
+def wise_ft_figure(rows: list[dict], title: str):
+    fig, ax = plots.plt.subplots(figsize=(5.5, 3.6))
+    frame = pd.DataFrame([{k: r[k] for k in ("alpha", "dataset", "top1")} for r in rows])
+    for name, g in frame.groupby("dataset", sort=False):
+        ax.plot(g["alpha"], g["top1"], "o-", label=name)
+    ax.set_xlabel("alpha (0 = zero-shot weights, 1 = fine-tuned)")
+    ax.set_ylabel("zero-shot top-1 (prompt matching)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def clip_finetune(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcome:
+    """Every objective of the profile: train, save, read back; zero-shot before/after on the target
+    and held-out tests; WiSE-FT for the prompt objectives. Records for every number."""
+    s = P["clip_finetune"]
+    test, templates = splits["test"], s["templates"]
+    tests = [test, *[t for t in held_out_tests(P, s.get("held_out")) if t.name != test.name]]
+    loaded0 = models.load_model(s["model"])
+    recs, rows, figs, extra = [], [], {}, {"runs": {}}
+
+    def record(variant, m, samples, loaded, protocol, wall, figures=()):
+        recs.append(records.make_record(EXPERIMENT, m, dataset=samples.card(), model=loaded.card(), profile=P.name,
+                                        variant=variant, seeds=[P.seed], wall_time_s=wall, figures=figures,
+                                        protocol={"templates": prompts.templates(templates), **protocol}))
+
+    timer = records.Timer()
+    before = {t.name: zero_shot_metrics(P, loaded0, t, templates) for t in tests}
+    for t in tests:
+        record(f"zero-shot before|{t.name}", before[t.name], t, loaded0, {"stage": "before fine-tuning"}, timer.seconds)
+        rows.append({"objective": "-", "stage": "zero-shot before", "dataset": t.name,
+                     "top1": before[t.name]["top1"], "untrained": not loaded0.trained})
+
+    for objective in s["objectives"]:
+        timer = records.Timer()
+        run = fine_tune(P, splits, objective, s, progress=progress)
+        extra["runs"][objective] = run
+        tuned, status = run.tuned, "fine-tuned" if loaded0.trained else "trained from scratch"
+        stem = _slug("06", test.name, objective, s["model"])
+        curve = training.curves_figure(tuned.result.history, title=f"{s['model']} {objective} ({status})")
+        cm = plots.confusion_matrix(metrics.confusion(tuned.test_logits, test.labels, test.num_classes),
+                                    test.classnames, title=f"{objective} {status}: test confusion")
+        saved = [_save(curve, P, f"{stem}-curves", s["model"], False), _save(cm, P, f"{stem}-confusion", s["model"], False)]
+        figs[f"{objective} curves"], figs[f"{objective} confusion"] = curve, cm
+        head = "linear head" if tuned_has_head(objective) else "prompt matching (all templates, averaged)"
+        protocol = {"stage": status, "objective": objective, "classifier": head, "freeze": run.freeze,
+                    "train": _train_config(s["train"], P.seed).card(),
+                    "batch_size": int(s["train"].get("batch_size", 64)), "train_card": run.train_card,
+                    "epochs_run": len(tuned.result.history), "best_epoch": tuned.result.best_epoch,
+                    "stopped": tuned.result.stopped, "train_seconds": tuned.result.seconds,
+                    "resumed_from_epoch": tuned.result.resumed_from, "checkpoint": run.checkpoint,
+                    "history": tuned.result.history, "autocast": config.dtype_name(config.autocast_dtype())}
+        record(f"{objective}|fine-tuned", {**tuned.test_metrics, "best_val_top1": tuned.result.best_metric},
+               test, run.loaded, protocol, timer.seconds, saved)
+        rows.append({"objective": objective, "stage": status, "dataset": test.name,
+                     "top1": tuned.test_metrics["top1"], "untrained": False})
+        for t in tests:
+            m = zero_shot_metrics(P, run.loaded, t, templates)
+            record(f"{objective}|zero-shot after|{t.name}", m, t, run.loaded,
+                   {"stage": f"zero-shot after {objective} fine-tuning", "checkpoint": run.checkpoint}, timer.seconds)
+            rows.append({"objective": objective, "stage": "zero-shot after", "dataset": t.name, "top1": m["top1"],
+                         "untrained": False})
+        if s.get("wise_ft") and not tuned_has_head(objective):
+            wrows = wise_ft(P, loaded0, run, tests, s["wise_ft"]["alphas"], templates)
+            fig = wise_ft_figure(wrows, f"WiSE-FT: {s['model']} {objective}")
+            wsaved = [_save(fig, P, f"{stem}-wise-ft", s["model"], False)]
+            if not loaded0.trained:
+                fig.axes[0].annotate("alpha=0: untrained weights", (0, 0), xycoords="axes fraction",
+                                     xytext=(4, 4), textcoords="offset points", fontsize=7, color="gray")
+            figs[f"{objective} WiSE-FT"] = fig
+            for r in wrows:
+                record(f"{objective}|wise-ft alpha={r['alpha']:g}|{r['dataset']}", r["metrics"], r["samples"],
+                       r["loaded"], {"stage": "WiSE-FT", "alpha": r["alpha"], "zero_shot": s["model"],
+                                     "fine_tuned": run.checkpoint}, timer.seconds, wsaved)
+            extra.setdefault("wise_ft", {})[objective] = pd.DataFrame(
+                [{k: r[k] for k in ("alpha", "dataset", "top1", "untrained")} for r in wrows])
+    if distributed.is_main():
+        for rec in recs:
+            records.append_record(rec)
+    return Outcome(recs, _masked(pd.DataFrame(rows)), figs, extra)
+
+
+def tuned_has_head(objective: str) -> bool:
+    return objective in ("ML", "LP-FT")
+
+
+def _masked(table: pd.DataFrame, col: str = "top1") -> pd.DataFrame:
+    if table.empty:
+        return table
+    table = table.copy()
+    table[col] = table[col].astype(object)
+    table.loc[table["untrained"].astype(bool), col] = "untrained"
+    return table.drop(columns="untrained")
+
+
+# ------------------------------------------------------------------------------------- retrieval
+class CaptionPairs(torch.utils.data.Dataset):
+    """Every (image, caption) pair of a caption set; the image index groups the pairs of one image."""
+
+    def __init__(self, captions: data.CaptionSet, image_ids: np.ndarray, transform):
+        keep = np.isin(captions.caption_image, image_ids)
+        self.pairs = [(int(i), c) for i, c, k in zip(captions.caption_image, captions.captions, keep) if k]
+        self.images, self.transform = captions.images, transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        img, caption = self.pairs[i]
+        return self.transform(data.load_rgb(self.images[img])), caption, img
+
+
+def split_captions(captions: data.CaptionSet, test_fraction: float, val_fraction: float, seed: int
+                   ) -> dict[str, np.ndarray]:
+    """{"train", "val", "test"} image ids: a seeded split by image, so no image has captions in two splits."""
+    ids = np.random.default_rng(seed).permutation(len(captions))
+    n_test, n_val = max(1, round(test_fraction * len(ids))), max(1, round(val_fraction * len(ids)))
+    if n_test + n_val >= len(ids):
+        raise data.DatasetError(f"{captions.name}: {len(ids)} images are too few for a train/val/test split")
+    return {"test": np.sort(ids[:n_test]), "val": np.sort(ids[n_test:n_test + n_val]),
+            "train": np.sort(ids[n_test + n_val:])}
+
+
+def recall(P: Profile, loaded: models.LoadedModel, captions: data.CaptionSet, image_ids: np.ndarray) -> dict:
+    sub = captions.image_samples().subset(image_ids, selection="retrieval test images")
+    img = encode(P, loaded, sub).features
+    keep = np.isin(captions.caption_image, image_ids)
+    txt = features.text_features(loaded, [c for c, k in zip(captions.captions, keep) if k])
+    owner = np.searchsorted(image_ids, captions.caption_image[keep])
+    return metrics.retrieval_recall(img, txt, owner)
+
+
+def load_caption_set(item: str) -> data.CaptionSet:
+    if item == "synthetic":
+        return synthetic.load_synthetic_captions()
+    if str(item).endswith(".json"):
+        raise ValueError("Karpathy JSON: give a dict {karpathy: <json>, images: <folder>} (not yet a plain path)")
+    return data.load_captions_csv(item)
+
+
+def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) -> Outcome:
+    """Recall@1/5/10 both ways on held-out images of a caption set, before and after fine-tuning on
+    the other images' captions with CLIP's contrastive loss (``start_spec``: the model to start from)."""
+    s = P["clip_finetune"]["retrieval"]
+    captions = load_caption_set(s["captions"])
+    ids = split_captions(captions, float(s.get("test_fraction", 0.4)), float(s.get("val_fraction", 0.2)), P.seed)
+    train_ids, test_ids = ids["train"], ids["test"]
+    spec = start_spec or P["clip_finetune"]["model"]
+    timer = records.Timer()
+    loaded0 = models.load_model(spec)
+    before = recall(P, loaded0, captions, test_ids)
+    model = copy.deepcopy(loaded0.model)
+    freeze = cf.apply_freeze(model, s.get("freeze", "unfreeze"))
+    tuner = cf.FineTuner(model, "captions", seed=P.seed)
+    res = loaded0.resolution
+    train_tf, train_tcard = transforms.image_transform(res, "bicubic", transforms.CLIP_MEAN, transforms.CLIP_STD,
+                                                       train=True, aerial=bool(s.get("aerial", False)))
+    cfg = _train_config(s["train"], P.seed)
+    batch = int(s["train"].get("batch_size", 32))
+    loader = training.train_loader(CaptionPairs(captions, train_ids, train_tf), batch, cfg.seed)
+    dev = config.device()
+
+    def evaluate(m):
+        current = in_memory(f"{spec}|captions", copy.deepcopy(tuner.clip), "trained")
+        return {"mean_recall": recall(P, current, captions, ids["val"])["mean_recall"]}
+
+    cfg.metric = "mean_recall"
+    card = {"spec": spec, "weights": loaded0.weights_sha256, "captions": captions.card(), "train_ids": len(train_ids)}
+    ckpt = config.cache_dir() / "checkpoints" / storage.sha256_json({"run": card, "cfg": cfg.card(), "batch": batch})[:20]
+    result = training.train(tuner, loader, lambda m, b: m(b[0].to(dev), b[1], torch.as_tensor(b[2])), evaluate,
+                            cfg, ckpt, run_card=card, progress=progress)
+    after_model = in_memory(f"{spec}|caption fine-tuned", tuner.clip, "trained",
+                            {"objective": "contrastive on captions", "initial": spec})
+    after = recall(P, after_model, captions, test_ids)
+    sub = captions.image_samples().subset(test_ids, selection="retrieval test images")
+    recs = []
+    for stage, loaded, m in (("before", loaded0, before), ("after caption fine-tuning", after_model, after)):
+        recs.append(records.make_record(
+            EXPERIMENT, m, dataset={**sub.card(), "captions": captions.card()}, model=loaded.card(), profile=P.name,
+            variant=f"retrieval|{stage}", seeds=[P.seed], wall_time_s=timer.seconds,
+            protocol={"task": "retrieval", "stage": stage, "split": f"{len(train_ids)} train / {len(ids['val'])} val / "
+                      f"{len(test_ids)} test images (seeded split by image, seed {P.seed})", "freeze": freeze,
+                      "train": cfg.card(), "batch_size": batch, "train_transform": train_tcard,
+                      "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                      "selection": "best epoch by mean recall on the val images"}))
+    if distributed.is_main():
+        for rec in recs:
+            records.append_record(rec)
+    table = pd.DataFrame([{"stage": r["protocol"]["stage"], **{k: v for k, v in r["metrics"].items()},
+                           "untrained": r["untrained"]} for r in recs])
+    for col in [c for c in table.columns if "R@" in c or c == "mean_recall"]:
+        table[col] = table[col].astype(object)
+        table.loc[table["untrained"].astype(bool), col] = "untrained"
+    return Outcome(recs, table.drop(columns="untrained"), {}, {"before": before, "after": after})
