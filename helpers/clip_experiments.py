@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -135,6 +136,29 @@ def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, p
                        storage.sha256_state_dict(tuner.clip.state_dict()), loaded0.weights_sha256)
 
 
+def checkpoint_spec(P, splits, spec: str, progress: bool = True) -> str:
+    """A model spec; ``06:<objective>[:<model spec>]`` names the checkpoint notebook 06
+    recorded in this profile for that objective and starting model (default: the profile's
+    ``clip_finetune.model``); its file must still match the recorded sha256. When there is none, it is
+    trained now with notebook 06's code and settings."""
+    if not spec.startswith("06:"):
+        return spec
+    _, objective, *model = spec.split(":", 2)
+    settings = dict(P["clip_finetune"], **({"model": model[0]} if model else {}))
+    found = [r for r in records.read_records(profile=P.name)
+             if r["experiment"] == EXPERIMENT and r["variant"] == f"{objective}|fine-tuned"
+             and r["protocol"].get("train_card", {}).get("spec") == settings["model"]
+             and r["dataset"].get("name") == splits["test"].name and r["model"].get("spec", "").startswith("file:")]
+    for rec in sorted(found, key=lambda r: r["created"], reverse=True):
+        path = rec["model"]["spec"][len("file:"):]
+        if Path(path).is_file() and storage.sha256_file(path) == rec["model"]["weights_sha256"]:
+            return rec["model"]["spec"]
+    if progress:
+        print(f"no {objective} checkpoint of {settings['model']} from notebook 06 in profile {P.name}: "
+              "training it now with notebook 06's code and settings")
+    return fine_tune(P, splits, objective, settings, progress=progress).loaded.spec
+
+
 def wise_ft(P: Profile, loaded0: models.LoadedModel, run: FineTuneRun, tests: list[Samples], alphas, templates
             ) -> list[dict]:
     """Zero-shot accuracy of theta = (1 - alpha) theta_0 + alpha theta_ft on each test split."""
@@ -255,7 +279,7 @@ class CaptionPairs(torch.utils.data.Dataset):
 
     def __init__(self, captions: data.CaptionSet, image_ids: np.ndarray, transform):
         keep = np.isin(captions.caption_image, image_ids)
-        self.pairs = [(int(i), c) for i, c, k in zip(captions.caption_image, captions.captions, keep) if k]
+        self.pairs = [(int(i), c) for i, c, k in zip(captions.caption_image, captions.captions, keep, strict=True) if k]
         self.images, self.transform = captions.images, transform
 
     def __len__(self) -> int:
@@ -281,7 +305,7 @@ def recall(P: Profile, loaded: models.LoadedModel, captions: data.CaptionSet, im
     sub = captions.image_samples().subset(image_ids, selection="retrieval test images")
     img = encode(P, loaded, sub).features
     keep = np.isin(captions.caption_image, image_ids)
-    txt = features.text_features(loaded, [c for c, k in zip(captions.captions, keep) if k])
+    txt = features.text_features(loaded, [c for c, k in zip(captions.captions, keep, strict=True) if k])
     owner = np.searchsorted(image_ids, captions.caption_image[keep])
     return metrics.retrieval_recall(img, txt, owner)
 

@@ -52,6 +52,10 @@ class Profile:
     def weight_specs(self) -> list[str]:
         """Every model spec the profile's notebooks load (CLIP models and ImageNet backbones)."""
         specs = list(self.models) + list(self.get("baselines", {}).get("backbones", []))
+        specs += [(self.get("clip_finetune") or {}).get("model")]
+        proxy = self.get("proxy") or {}
+        specs += [proxy.get("anti_expert"), proxy.get("base"), *proxy.get("expert", "").split(":", 2)[2:]]
+        specs = [s for s in specs if s and not str(s).startswith("06:")]
         return list(dict.fromkeys(specs))
 
     def dataset(self) -> dict[str, data.Samples]:
