@@ -96,6 +96,15 @@ class Profile:
             kind, _, body = spec.partition(":")
             if why and (kind not in ("openai", "torchvision") or not _reachable(models.download_url(spec))):
                 problems.append(why)
+        up = self.get("upsampling") or {}
+        if "srgan" in up.get("upsamplers", []):
+            from . import upsamplers
+
+            scale = upsamplers.network_scale(up)
+            path = upsamplers.srgan_file(up["srgan_dir"], scale)
+            if not path.is_file():
+                problems.append(f"SRGAN x{scale} weights are not at {path}: place netG_x{scale}.pth there "
+                                "or set upsampling.srgan_dir")
         return problems
 
 

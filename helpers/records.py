@@ -162,8 +162,9 @@ RESULT_COLUMNS = {"experiment": "experiment", "dataset.name": "dataset", "datase
                   "dataset.n_images": "images", "model.spec": "model", "model.status": "weights",
                   "variant": "variant", "metrics.top1": "top1", "metrics.top5": "top5",
                   "metrics.balanced_accuracy": "balanced_acc", "metrics.ece": "ece",
-                  "metrics.val_top1": "val_top1", "wall_time_s": "seconds"}
-METRIC_COLUMNS = ("top1", "top5", "balanced_acc", "ece", "val_top1")
+                  "metrics.val_top1": "val_top1", "metrics.mean_recall": "mean_recall",
+                  "metrics.psnr": "psnr", "metrics.ssim": "ssim", "wall_time_s": "seconds"}
+METRIC_COLUMNS = ("top1", "top5", "balanced_acc", "ece", "val_top1", "mean_recall", "psnr", "ssim")
 
 
 def results_frame(records: list[dict] | None = None, profile: str | None = None) -> pd.DataFrame:

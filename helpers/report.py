@@ -23,6 +23,9 @@ TITLES = {
     "02_prompt_validation": "02 — Prompt validation (chosen on val, reported on test)",
     "04_few_shot": "04 — Few-shot and linear probes on frozen CLIP features",
     "05_imagenet_baselines": "05 — ImageNet baselines: linear probes and fine-tuning",
+    "03_upsampling": "03 — Upsampling before the model: interpolation, SRGAN, learned SR",
+    "06_clip_finetune": "06 — CLIP fine-tuning, WiSE-FT and retrieval",
+    "07_proxy_tuning": "07 — Proxy tuning (alpha chosen on val)",
 }
 
 
@@ -43,7 +46,27 @@ def _seed_summary(recs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-TABLES = {"04_few_shot": _seed_summary, "05_imagenet_baselines": _seed_summary}
+def _proxy_summary(recs: list[dict]) -> pd.DataFrame:
+    """Seed 000's shape: anti-expert, expert, base, then proxy-tuned per option at the alpha chosen on val."""
+    rows = []
+    for r in recs:
+        p = r.get("protocol", {})
+        if r["variant"].startswith("role="):
+            label, alpha = p.get("role"), ""
+        elif p.get("chosen"):
+            label, alpha = f"proxy-tuned ({p['space']}{', temperature-matched' if p['match_temperature'] else ''})", p["alpha"]
+        else:
+            continue
+        m = r["metrics"]
+        cells = ["untrained"] * 3 if r.get("untrained") else [round(m["top1"], 4), round(m["balanced_accuracy"], 4),
+                                                             round(m["ece"], 4)]
+        rows.append({"model": label, "alpha (chosen on val)": alpha, "top1": cells[0], "balanced_acc": cells[1],
+                     "ece": cells[2]})
+    order = {"anti-expert": 0, "expert": 1, "base": 2}
+    return pd.DataFrame(sorted(rows, key=lambda row: order.get(row["model"], 3)))
+
+
+TABLES = {"04_few_shot": _seed_summary, "05_imagenet_baselines": _seed_summary, "07_proxy_tuning": _proxy_summary}
 
 # (experiment, variant without seed) -> column of the side-by-side table
 COMPARISON = {
@@ -53,6 +76,7 @@ COMPARISON = {
     ("05_imagenet_baselines", "16-shot probe"): "16-shot probe",
     ("05_imagenet_baselines", "linear probe"): "linear probe",
     ("05_imagenet_baselines", "fine-tuned"): "fine-tuned",
+    **{("06_clip_finetune", f"{o}|fine-tuned"): "fine-tuned" for o in ("ML", "CS", "FLYP", "LP-FT")},
 }
 
 

@@ -13,6 +13,7 @@ a float batch in [0, 1] at the exact target size out.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,18 @@ class SRGANGenerator(torch.nn.Module):
 
 class WeightsMismatchError(ValueError):
     pass
+
+
+def network_scale(settings: dict) -> int:
+    """The scale SR networks run at: the restoration ``factor``, or ``network_scale`` when it is 1."""
+    return int(settings["factor"]) if int(settings["factor"]) > 1 else int(settings.get("network_scale", 4))
+
+
+def srgan_file(srgan_dir: str, scale: int) -> Path:
+    """``<srgan_dir>/netG_x<scale>.pth``; the folder may use environment variables, and a relative
+    folder is under the cache folder."""
+    folder = Path(os.path.expandvars(str(srgan_dir))).expanduser()
+    return (folder if folder.is_absolute() else config.cache_dir() / folder) / f"netG_x{scale}.pth"
 
 
 def load_srgan(path: Path | str, scale: int, sha256: str | None = None) -> SRGANGenerator:

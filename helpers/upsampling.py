@@ -11,7 +11,6 @@ image folder, so the feature cache, probes and training loop of the other notebo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -62,15 +61,14 @@ def load_pixels(samples: Samples, threads: int | None = None) -> torch.Tensor:
 def build(P: Profile, s: dict, splits: dict[str, Samples], progress: bool = True) -> dict:
     """The upsamplers the parameters name; ``srgan`` and ``learned`` take the factor (or x4 when the
     factor is 1, followed by a resize to the target)."""
-    factor = int(s["factor"])
-    net_scale = factor if factor > 1 else int(s.get("network_scale", 4))
+    net_scale = upsamplers.network_scale(s)
     out = {}
     for name in s["upsamplers"]:
         if name.startswith(("pil-", "torch-")):
             backend, mode = name.split("-", 1)
             out[name] = upsamplers.Interpolation(backend, mode)
         elif name == "srgan":
-            path = Path(os.path.expandvars(s["srgan_dir"])).expanduser() / f"netG_x{net_scale}.pth"
+            path = upsamplers.srgan_file(s["srgan_dir"], net_scale)
             net = upsamplers.load_srgan(path, net_scale, (s.get("srgan_sha256") or {}).get(f"x{net_scale}"))
             out[f"srgan-x{net_scale}"] = upsamplers.NetworkUpsampler(
                 f"srgan-x{net_scale}", net, net_scale, {"weights": str(path), "trained_on": "VOC2012 subset (natural photos)"})
@@ -183,7 +181,7 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
     q_samples = test.subset(q_idx, selection=f"{n_q} test images evenly spaced in sorted order")
     base_protocol = {"factor": factor, "downscale": "PIL bicubic (antialiased)",
                      "upsamplers": {k: u.card() for k, u in ups.items()}}
-    qf = factor if factor > 1 else int(s.get("network_scale", 4))  # quality needs a known original
+    qf = upsamplers.network_scale(s)  # quality is measured on a restoration, where the original is known
     if qf > 1:
         qt = quality(ups, high_test[q_idx], qf)
         extra["quality"] = qt
