@@ -41,7 +41,8 @@ def combine(base, expert, anti, alpha: float, space: str = "logits", scales: tup
 
     ``scales`` = (base, expert, anti) logit scales: when given, each role is first brought to the base's
     temperature (its logits x base_scale / own_scale), so a sharper expert does not dominate just by
-    its temperature.
+    its temperature. Log-probabilities differ from logits by one constant per row and role, so the
+    softmax of the combination (predictions, calibration) is the same in both spaces.
     """
     if space not in SPACES:
         raise ValueError(f"space {space!r}: use one of {SPACES}")

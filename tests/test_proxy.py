@@ -30,6 +30,15 @@ def test_combination_matches_a_hand_computed_case():
         px.combine(base, expert, anti, 1.0, space="probs")
 
 
+def test_log_probabilities_give_the_same_softmax_as_logits():
+    rng = np.random.default_rng(3)
+    base, expert, anti = (rng.normal(size=(9, 5)) * 4 for _ in range(3))
+    for alpha in (0.5, 2.0):
+        a = torch.softmax(torch.from_numpy(px.combine(base, expert, anti, alpha)), -1)
+        b = torch.softmax(torch.from_numpy(px.combine(base, expert, anti, alpha, space="logprobs")), -1)
+        assert torch.allclose(a, b, atol=1e-9)
+
+
 def test_alpha_zero_is_the_base():
     rng = np.random.default_rng(0)
     base, expert, anti = (rng.normal(size=(7, 4)) for _ in range(3))
