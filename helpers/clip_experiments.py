@@ -125,7 +125,8 @@ def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, p
     dev = config.device()
     tuned = finetune.train_classifier(tuner, splits, train_tf, eval_tf, cfg, batch, train_card, progress=progress,
                                       loss_fn=lambda m, b: m(b[0].to(dev), b[1]), classify=tuner.classify)
-    path = config.cache_dir() / "models" / P.name / f"{_slug(EXPERIMENT, objective, spec)}-{storage.sha256_json(train_card)[:10]}.pt"
+    run_key = storage.sha256_json({"run": train_card, "cfg": cfg.card(), "batch": batch})[:10]  # a new run never overwrites
+    path = config.cache_dir() / "models" / P.name / f"{_slug(EXPERIMENT, objective, spec)}-{run_key}.pt"
     if distributed.is_main():
         meta = {"trained": True, "by": EXPERIMENT, "objective": objective, "initial": loaded0.card(),
                 "dataset": splits["train"].card(), "test_top1": tuned.test_metrics["top1"],
