@@ -125,7 +125,7 @@ def _protocol_lines(recs: list[dict]) -> list[str]:
     seen = {}
     for r in recs:
         m = r.get("model") or {}
-        if m.get("spec"):
+        if m.get("spec") and m.get("weights_sha256"):  # a model with weights (not a combination of them)
             seen[m["spec"]] = m
     for spec, m in seen.items():
         sha = (m.get("weights_sha256") or "")[:16]
