@@ -125,12 +125,14 @@ def _protocol_lines(recs: list[dict]) -> list[str]:
     seen = {}
     for r in recs:
         m = r.get("model") or {}
-        if m.get("spec") and m.get("weights_sha256"):  # a model with weights (not a combination of them)
+        if m.get("spec"):
             seen[m["spec"]] = m
-    for spec, m in seen.items():
-        sha = (m.get("weights_sha256") or "")[:16]
-        lines.append(f"Model {spec}: {m.get('status')} weights, sha256 {sha}..., {m.get('n_params', 0):,} parameters,"
-                     f" input {m.get('input_resolution')} px.")
+    for spec, m in seen.items():  # only what the card states: an interpolation or a combination has no weights
+        facts = [f"{m['status']} weights" if m.get("status") not in (None, "n/a") else "",
+                 f"sha256 {m['weights_sha256'][:16]} (prefix)" if m.get("weights_sha256") else "",
+                 f"{m['n_params']:,} parameters" if m.get("n_params") else "",
+                 f"input {m['input_resolution']} px" if m.get("input_resolution") else ""]
+        lines.append(f"Model {spec}: {', '.join(f for f in facts if f) or 'no weights'}.")
     proto = last.get("protocol", {})
     for key in ("head", "selection", "transform", "templates", "template_sets"):
         if key in proto:
