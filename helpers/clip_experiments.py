@@ -106,7 +106,7 @@ def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, p
     model = copy.deepcopy(loaded0.model)
     freeze = cf.apply_freeze(model, s.get("freeze", "unfreeze"), bool(s.get("freeze_text", False)))
     tuner = cf.FineTuner(model, objective, classnames, s.get("train_templates") or s["templates"],
-                                    seed=P.seed, head_init=head_w, head_bias=head_b)
+                         seed=P.seed, head_init=head_w, head_bias=head_b, eval_templates=s["templates"])
     freeze["trainable"], freeze["total"] = training.count_trainable(tuner)
     if progress and distributed.is_main():
         print(f"{objective}: {freeze['trainable']:,} of {freeze['total']:,} parameters trainable ({freeze['strategy']}"

@@ -114,12 +114,15 @@ class FineTuner(torch.nn.Module):
 
     def __init__(self, clip_model: CLIP, objective: str, classnames: list[str] | None = None,
                  templates="centered-satellite", seed: int = 0, head_init: torch.Tensor | None = None,
-                 head_bias: torch.Tensor | None = None):
+                 head_bias: torch.Tensor | None = None, eval_templates=None):
         super().__init__()
         if objective not in OBJECTIVES + ("captions",):
             raise ValueError(f"objective {objective!r}: use one of {OBJECTIVES + ('captions',)}")
         self.clip, self.objective = clip_model, objective
+        # training samples prompts from ``templates``; validation, model selection and the reported test
+        # number use ``eval_templates`` (default: the same), the set the record states
         self.classnames, self.templates = list(classnames or []), templates
+        self.eval_templates = templates if eval_templates is None else eval_templates
         self.sampler = PromptSampler(self.classnames, templates, seed) if classnames else None
         self.head = None
         if objective in ("ML", "LP-FT"):
@@ -134,6 +137,7 @@ class FineTuner(torch.nn.Module):
             for p in (clip_model.positional_embedding, clip_model.text_projection, clip_model.logit_scale):
                 p.requires_grad_(False)
         self._classifier: torch.Tensor | None = None
+        self._classifier_weights: tuple | None = None  # weights_version() the classifier was built from
 
     def scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp().clamp(max=100)
@@ -142,7 +146,6 @@ class FineTuner(torch.nn.Module):
         return F.normalize(self.clip.encode_image(images), dim=-1)
 
     def forward(self, images: torch.Tensor, targets, groups: torch.Tensor | None = None) -> torch.Tensor:
-        self._classifier = None  # the weights are about to change
         img = self.image_embedding(images)
         if self.head is not None:
             return F.cross_entropy(self.head(img), torch.as_tensor(targets, device=img.device))
@@ -161,18 +164,39 @@ class FineTuner(torch.nn.Module):
         target = same / same.sum(dim=1, keepdim=True)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T)) / 2
 
-    def begin_eval(self) -> None:
-        """Fix the prompt classifier (every template, averaged) for the evaluation that follows."""
-        if self.head is None and self.classnames:
-            self._classifier = prompt_classifier(self.clip, self.classnames, self.templates)
+    def prompt_classifier(self) -> torch.Tensor:
+        """The text-side classifier (every evaluation template, averaged) of the *current* weights.
+
+        It is cached for the batches of one evaluation and rebuilt whenever any weight changed since
+        (an optimiser step, ``load_state_dict`` of the best epoch, ...): a stale classifier would pair
+        one epoch's image tower with another epoch's text tower.
+        """
+        version = weights_version(self.clip)
+        if self._classifier is None or self._classifier_weights != version:
+            self._classifier = prompt_classifier(self.clip, self.classnames, self.eval_templates)
+            self._classifier_weights = version
+        return self._classifier
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
-        img = self.image_embedding(images)
-        if self.head is not None:
-            return self.head(img)
-        if self._classifier is None:
-            self.begin_eval()
-        return self.scale() * img @ self._classifier.to(img.device, img.dtype).T
+        """Class logits, computed like the zero-shot path of the saved model: the tower runs under
+        autocast, the cosine and the head in fp32 (bf16 logits would round close classes into ties)."""
+        feats = self.clip.encode_image(images).float()
+        with torch.autocast(feats.device.type, enabled=False):
+            img = F.normalize(feats, dim=-1)
+            if self.head is not None:
+                return self.head(img)
+            classifier = self.prompt_classifier().to(img.device, torch.float32)
+            return self.scale().float() * img @ classifier.T
+
+
+def weights_version(module: torch.nn.Module) -> tuple:
+    """A key that changes whenever any parameter or buffer of ``module`` is modified or replaced.
+
+    Every in-place write (optimiser steps, ``load_state_dict``'s ``copy_``) bumps a tensor's version
+    counter, and assigning a new tensor changes its identity, so derived state cached under this key
+    (prompt classifiers, compiled copies) can never outlive the weights it was computed from.
+    """
+    return tuple((id(t), t._version) for t in module.state_dict(keep_vars=True).values())
 
 
 def encode_prompts(model: CLIP, texts: list[str]) -> torch.Tensor:

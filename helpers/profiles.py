@@ -117,12 +117,42 @@ def _host(url: str) -> str:
 
 @functools.cache
 def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Can a TCP connection to the URL's host be opened within ``timeout`` seconds?"""
+    """Can the URL's host be reached on port 443 the way the downloads will reach it?
+
+    Downloads go through urllib, which honours ``HTTPS_PROXY``/``https_proxy`` and ``NO_PROXY``; so
+    does this check: behind a proxy it asks the proxy to open a tunnel (``CONNECT host:443``) and takes
+    a 2xx answer as reachable, else it opens a direct TCP connection.
+    """
+    host = _host(url)
+    proxy = _https_proxy(host)
     try:
-        with socket.create_connection((_host(url), 443), timeout=timeout):
-            return True
+        if proxy is None:
+            with socket.create_connection((host, 443), timeout=timeout):
+                return True
+        with socket.create_connection((proxy.hostname, proxy.port or 8080), timeout=timeout) as conn:
+            auth = ""
+            if proxy.username:
+                import base64
+                from urllib.parse import unquote
+
+                token = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+                auth = f"Proxy-Authorization: Basic {base64.b64encode(token).decode()}\r\n"
+            conn.settimeout(timeout)
+            conn.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n{auth}\r\n".encode())
+            status = conn.recv(1024).split(b"\r\n", 1)[0].split()
+            return len(status) >= 2 and status[1][:1] == b"2"
     except OSError:
         return False
+
+
+def _https_proxy(host: str):
+    """The parsed HTTPS proxy urllib would use for ``host`` (None: direct or bypassed by NO_PROXY)."""
+    import urllib.request
+
+    proxy = urllib.request.getproxies().get("https")
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return urlparse(proxy if "://" in proxy else f"http://{proxy}")
 
 
 def _merge(base: dict, overrides: dict) -> dict:

@@ -91,3 +91,43 @@ def test_two_ddp_ranks_on_gloo_end_with_identical_weights(tmp_path):
     assert a["trained_sha256"] != a["initial_sha256"] and a["steps"] > 0
     recs = records.read_records(folder=tmp_path / "out" / "supplementary" / "smoke" / "results")
     assert len([r for r in recs if r["variant"] == "CS|fine-tuned"]) == 1  # rank 0 alone writes
+
+
+@pytest.mark.parametrize("objective", ["CS", "FLYP"])
+def test_fine_tuned_number_equals_zero_shot_of_the_saved_checkpoint_when_best_epoch_is_not_last(
+        objective, monkeypatch):
+    """Issue 20: force the best validation epoch to be the first of three; the reported "fine-tuned"
+    test top-1 must be the zero-shot top-1 of the saved (best) checkpoint with the recorded templates."""
+    from helpers import training
+
+    real_train = training.train
+
+    def first_epoch_best(model, loader, loss_fn, evaluate, cfg, *args, **kwargs):
+        epochs = iter(range(1, 1000))
+
+        def ranked(m):
+            out = evaluate(m)
+            return {**out, "top1": -float(next(epochs))}  # every later epoch looks worse on val
+
+        return real_train(model, loader, loss_fn, ranked, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train", first_epoch_best)
+    P = profiles.load("smoke", clip_finetune={"objectives": [objective], "train": {"epochs": 3, "lr": 0.02},
+                                              "wise_ft": False})
+    splits = P.dataset()
+    out = clip_experiments.clip_finetune(P, splits, progress=False)
+    run = out.extra["runs"][objective]
+    assert run.tuned.result.best_epoch == 1 and len(run.tuned.result.history) == 3
+    recs = {r["variant"]: r for r in records.read_records(profile="smoke")}
+    tuned, after = recs[f"{objective}|fine-tuned"], recs[f"{objective}|zero-shot after|{splits['test'].name}"]
+    assert tuned["metrics"]["top1"] == pytest.approx(after["metrics"]["top1"], abs=1.5 / len(splits["test"]))
+    # the templates the record states are the ones validation and test used
+    stated = tuned["protocol"]["templates"]
+    assert stated == after["protocol"]["templates"] == tuned["protocol"]["train_card"]["eval_templates"]
+    assert stated != tuned["protocol"]["train_card"]["train_templates"]
+    # the saved file holds the best epoch's weights, not the last one's
+    assert run.tuned.result.best_state is not None
+    saved = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+    best = run.tuned.result.best_state
+    assert saved.keys() == {k.removeprefix("clip.") for k in best if k.startswith("clip.")}
+    assert all(torch.equal(v.float(), best[f"clip.{k}"].float()) for k, v in saved.items())

@@ -142,3 +142,47 @@ def test_unknown_objective_is_refused():
     model = models.load_model("scratch:tiny-rn", device="cpu").model
     with pytest.raises(ValueError, match="objective"):
         cf.FineTuner(model, "SGD", ["a"])
+
+
+@pytest.mark.parametrize("change", ["optimizer step", "load_state_dict", "in-place edit"])
+def test_cached_prompt_classifier_is_rebuilt_whenever_the_weights_change(change):
+    """Issue 20: derived state must never outlive the weights it came from (the stale-classifier bug
+    paired the best epoch's image tower with the last epoch's text classifier)."""
+    model = models.load_model("scratch:tiny-vit", device="cpu").model
+    names, tmpl = ["red circle", "green square"], ["a photo of {}."]
+    tuner = cf.FineTuner(model, "CS", names, tmpl, seed=0).eval()
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        tuner.classify(x)  # builds and caches the classifier of the current weights
+    tuner.train()
+    tuner(x, torch.tensor([0, 1, 0])).backward()
+    torch.optim.AdamW(tuner.parameters(), lr=0.5).step()  # the weights now differ from ``best``
+    tuner.eval()
+    with torch.no_grad():
+        tuner.classify(x)  # cache of the stepped weights
+        if change == "load_state_dict":
+            model.load_state_dict(best)
+        elif change == "in-place edit":
+            model.text_projection.mul_(-1.0)
+        else:
+            tuner.train()
+    if change == "optimizer step":
+        tuner(x, torch.tensor([1, 0, 1])).backward()
+        torch.optim.SGD(tuner.parameters(), lr=1.0).step()
+        tuner.eval()
+    with torch.no_grad():
+        fresh = cf.logits_with(model, model.encode_image(x), names, tmpl)
+        assert torch.allclose(tuner.classify(x), torch.from_numpy(fresh), atol=1e-4)
+
+
+def test_validation_and_test_use_the_evaluation_templates_not_the_training_ones():
+    model = models.load_model("scratch:tiny-vit", device="cpu").model
+    names = ["red circle", "green square"]
+    train_tmpl, eval_tmpl = ["art of {}.", "a sketch of {}."], ["a photo of {}."]
+    tuner = cf.FineTuner(model, "CS", names, train_tmpl, seed=0, eval_templates=eval_tmpl).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want = cf.logits_with(model, model.encode_image(x), names, eval_tmpl)
+        assert torch.allclose(tuner.classify(x), torch.from_numpy(want), atol=1e-4)
+    assert tuner.sampler.templates == train_tmpl  # training still samples the training templates

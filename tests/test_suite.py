@@ -106,3 +106,89 @@ def test_paper_profile_offline_stops_at_once_with_what_is_missing(tmp_path, monk
 def test_report_of_no_records_says_so(tmp_path):
     written = report.build("smoke")
     assert "No records yet" in written["report.md"].read_text()
+
+
+class _ProxyStub:
+    """A local HTTPS proxy stand-in on 127.0.0.1: answers every CONNECT with ``status`` and records it."""
+
+    def __init__(self, status: int = 200):
+        import socket
+        import threading
+
+        self.status, self.requests = status, []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.requests.append(conn.recv(4096).decode().split("\r\n", 1)[0])
+                conn.sendall(f"HTTP/1.1 {self.status} Stub\r\n\r\n".encode())
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def direct_connections_fail(monkeypatch):
+    """No direct route out (as behind a corporate proxy): only the loopback stub can be reached."""
+    import socket
+
+    real = socket.create_connection
+
+    def guarded(address, *args, **kwargs):
+        if address[0] != "127.0.0.1":
+            raise OSError("no route to host (test)")
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+    for var in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    profiles._reachable.cache_clear()
+    yield
+    profiles._reachable.cache_clear()
+
+
+def test_preflight_goes_through_the_https_proxy_like_the_downloads(tmp_path, monkeypatch, direct_connections_fail):
+    """Issue 20: behind HTTPS_PROXY the download hosts are reachable through the proxy's tunnel."""
+    monkeypatch.setenv("CLIPLAB_DATA", str(tmp_path / "nodata"))
+    url = profiles.EUROSAT_URL
+    assert not profiles._reachable(url)  # no proxy, no direct route: unreachable
+    stub = _ProxyStub(200)
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{stub.port}")
+        profiles._reachable.cache_clear()
+        problems = profiles.load("paper").preflight()
+        assert not any("cannot be reached" in p for p in problems), problems
+        assert not any("ViT-B-32.pt" in p or "RN50.pt" in p for p in problems), problems  # downloadable
+        assert f"CONNECT {profiles._host(url)}:443 HTTP/1.1" in stub.requests
+        monkeypatch.setenv("NO_PROXY", profiles._host(url))  # a bypassed host goes direct again
+        profiles._reachable.cache_clear()
+        assert not profiles._reachable(url)
+    finally:
+        stub.close()
+
+
+def test_preflight_refuses_when_the_proxy_refuses_the_tunnel(monkeypatch, direct_connections_fail):
+    stub = _ProxyStub(403)
+    try:
+        monkeypatch.setenv("https_proxy", f"127.0.0.1:{stub.port}")  # scheme-less form, lower case
+        assert not profiles._reachable(profiles.EUROSAT_URL)
+        assert stub.requests and stub.requests[0].startswith("CONNECT ")
+    finally:
+        stub.close()
+
+
+def test_skip_preflight_is_explicit_and_said(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLIPLAB_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setattr(profiles, "_reachable", lambda url, timeout=3.0: False)
+    assert suite.main(["--profile", "paper", "--no-report", "--out", str(tmp_path / "runs")]) == 2
+    assert "--skip-preflight" in capsys.readouterr().err  # the refusal names the way round it
+    monkeypatch.setattr(suite, "notebooks", lambda only=None: [])  # start nothing: only the gate is tested
+    assert suite.main(["--profile", "paper", "--no-report", "--skip-preflight", "--out", str(tmp_path / "runs")]) == 0
+    assert "preflight skipped (--skip-preflight)" in capsys.readouterr().err
