@@ -15,12 +15,12 @@ from urllib.parse import urlparse
 
 import yaml
 
-from . import config, data, models, synthetic
+from . import config, data, models, settings, synthetic
 
 PROFILES_DIR = config.PROJECT_ROOT / "profiles"
 
 
-class ProfileError(ValueError):
+class ProfileError(settings.ConfigError):
     """A profile that does not exist, or whose data or weights are missing (the message says what to do)."""
 
 
@@ -34,6 +34,8 @@ class Profile:
 
     name: str
     settings: dict = field(default_factory=dict)
+    config: settings.Settings | None = None  # the typed, validated form of ``settings``
+    path: Path | None = None
 
     def __getitem__(self, key: str):
         return self.settings[key]
@@ -91,6 +93,10 @@ class Profile:
                                     "cannot be reached: copy the dataset there or set CLIPLAB_DATA")
         elif ds["kind"] == "folder" and not Path(ds["root"]).expanduser().is_dir():
             problems.append(f"dataset folder {ds['root']} does not exist")
+        for item in self.get("extra_datasets") or []:
+            root = item["root"] if isinstance(item, dict) else item
+            if not Path(root).expanduser().is_dir():
+                problems.append(f"extra_datasets: folder {root} does not exist")
         for spec in self.weight_specs():
             why = models.missing_weights(spec)
             kind, _, body = spec.partition(":")
@@ -155,23 +161,47 @@ def _https_proxy(host: str):
     return urlparse(proxy if "://" in proxy else f"http://{proxy}")
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load(name: str | None = None, **overrides) -> Profile:
-    """The profile ``name`` (or ``$CLIPLAB_PROFILE``, or smoke) with ``overrides`` applied."""
-    name = name or config.profile_name()
-    path = PROFILES_DIR / f"{name}.yaml"
+def resolve(name_or_path: str | None = None) -> tuple[str, Path]:
+    """(profile name, YAML file) of a bundled profile name or a path to the user's own YAML file."""
+    name_or_path = str(name_or_path or config.profile_name())
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ProfileError(f"profile file {path} does not exist")
+        return path.stem, path.resolve()
+    path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ProfileError(f"no profile {name!r}; available: {available()} (files in {PROFILES_DIR})")
-    settings = yaml.safe_load(path.read_text()) or {}
-    return Profile(name, _merge(settings, overrides))
+        raise ProfileError(f"no profile {name_or_path!r}; bundled: {available()} (files in {PROFILES_DIR}), "
+                           "or give the path of your own .yaml")
+    return name_or_path, path
+
+
+def load(name: str | None = None, overrides: dict | None = None, **sections) -> Profile:
+    """The profile ``name`` (a bundled name or a YAML path; default ``$CLIPLAB_PROFILE``, else smoke),
+    validated against :mod:`helpers.settings` after applying ``overrides`` (``{"dotted.key": value}``)
+    and ``sections`` (``section=mapping``: merged into that section; ``None`` leaves it as it is, so a
+    notebook's unset parameter changes nothing). Raises :class:`settings.ConfigError` naming any bad key."""
+    name, path = resolve(name)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise settings.ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]} ...)") from None
+    raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise settings.ConfigError(f"{path}: a profile is a YAML mapping of keys, got {type(raw).__name__}")
+    raw = settings.apply_overrides(raw, {k: v for k, v in sections.items() if v is not None})
+    raw = settings.apply_overrides(raw, _dotted(overrides))
+    validated = settings.validate(raw, f"profile {name} ({path.name})" + (" with overrides" if overrides or any(
+        v is not None for v in sections.values()) else ""))
+    return Profile(name, validated.model_dump(), validated, path)
+
+
+def _dotted(overrides) -> dict:
+    """Overrides as ``{"dotted.key": value}``: a dict as it is, or ``["key=value", ...]`` parsed."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    return dict(settings.parse_assignment(item) for item in overrides)

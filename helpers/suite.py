@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
-from . import config, profiles, report
+from . import config, profiles, report, settings
 
 NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
 
@@ -38,21 +37,16 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
         wanted = {o.strip().zfill(2) for o in only if o.strip()}
         unknown = wanted - {p.name[:2] for p in found}
         if unknown:
-            raise SystemExit(f"--only {sorted(unknown)}: no such notebook in {NOTEBOOKS_DIR} "
+            raise settings.ConfigError(f"--only {sorted(unknown)}: no such notebook in {NOTEBOOKS_DIR} "
                              f"(have {[p.name for p in found]})")
         found = [p for p in found if p.name[:2] in wanted]
     return found
 
 
 def parse_params(items: list[str]) -> dict:
-    """``name=value`` pairs; values are YAML (``models=[openai:RN50]``, ``batch_size=32``, ``x=text``)."""
-    out = {}
-    for item in items:
-        name, eq, value = item.partition("=")
-        if not eq or not name.isidentifier():
-            raise SystemExit(f"-p {item!r}: use name=value with a Python identifier as name")
-        out[name] = yaml.safe_load(value)
-    return out
+    """``-p`` items as ``{"dotted.key": value}`` (values are YAML): ``models=[openai:RN50]``,
+    ``clip_finetune.train.epochs=3``, ``clip_finetune.wise_ft=null`` (switches WiSE-FT off)."""
+    return dict(settings.parse_assignment(item) for item in items)
 
 
 def offline_message(profile: str, problems: list[str]) -> str:
@@ -94,10 +88,13 @@ def summary(runs: list[NotebookRun]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.suite", description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default=config.profile_name(), choices=profiles.available())
+    ap.add_argument("--profile", default=config.profile_name(),
+                    help=f"a bundled profile ({', '.join(profiles.available())}) or the path of your own YAML")
     ap.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,02")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="notebook parameter (YAML value), repeatable")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting by dotted key with a YAML value, repeatable: -p clip_finetune.train.epochs=3")
+    ap.add_argument("--show-config", action="store_true",
+                    help="print every setting (value, default, type, meaning) after overrides, and exit")
     ap.add_argument("--out", type=Path, default=None, help="folder for executed notebooks (default <output>/runs)")
     ap.add_argument("--no-report", action="store_true", help="skip rebuilding supplementary/")
     ap.add_argument("--skip-preflight", action="store_true",
@@ -105,32 +102,40 @@ def main(argv: list[str] | None = None) -> int:
                          "lacks them then fails on its own)")
     args = ap.parse_args(argv)
 
-    params = parse_params(args.param)
-    profile = profiles.load(args.profile, **{k: v for k, v in params.items() if k in ("models", "templates")})
+    try:  # the whole configuration is validated before anything starts
+        params = parse_params(args.param)
+        profile = profiles.load(args.profile, params)
+        selected = notebooks(args.only.split(",") if args.only else None)
+    except settings.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.show_config:
+        print(f"# profile {profile.name} ({profile.path})" + (f" with {len(params)} override(s)" if params else ""))
+        print(settings.describe(profile.config))
+        return 0
     problems = [] if args.skip_preflight else profile.preflight()
     if args.skip_preflight:
         print("preflight skipped (--skip-preflight): missing data, weights or network fail in the notebook "
               "that needs them", file=sys.stderr)
     if problems:
-        print(offline_message(args.profile, problems), file=sys.stderr)
+        print(offline_message(profile.name, problems), file=sys.stderr)
         return 2
-    selected = notebooks(args.only.split(",") if args.only else None)
-    out_dir = (args.out or config.output_root() / "runs") / args.profile
+    out_dir = (args.out or config.output_root() / "runs") / profile.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["CLIPLAB_PROFILE"] = args.profile  # also for code the notebooks start
+    os.environ["CLIPLAB_PROFILE"] = str(profile.path) if profile.path.parent != profiles.PROFILES_DIR else profile.name
 
     runs = []
-    bar = tqdm(selected, desc=f"suite [{args.profile}]", unit="notebook")
+    bar = tqdm(selected, desc=f"suite [{profile.name}]", unit="notebook")
     for path in bar:
         bar.set_postfix_str(path.stem)
-        run = run_notebook(path, out_dir, {"profile": args.profile, **params})
+        run = run_notebook(path, out_dir, {"profile": args.profile, "overrides": params})
         runs.append(run)
         bar.write(f"{'ok    ' if run.ok else 'FAILED'} {path.stem} ({run.seconds:.1f} s){'' if run.ok else ': ' + run.error}")
     bar.close()
     print("\n" + summary(runs))
     print(f"\nexecuted notebooks: {out_dir}")
     if not args.no_report:
-        written = report.build(args.profile)
+        written = report.build(profile.name)
         print(f"report: {written['report.pdf']} (+ {', '.join(k for k in written if k != 'report.pdf')})")
     return 0 if all(r.ok for r in runs) else 1
 

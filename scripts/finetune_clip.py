@@ -1,10 +1,11 @@
 """Fine-tune CLIP exactly as notebook 06 does, on one process or on several with DDP.
 
     python scripts/finetune_clip.py --profile offline
-    torchrun --nproc_per_node 2 scripts/finetune_clip.py --profile offline -p objectives=[CS] -p train.epochs=5
+    torchrun --nproc_per_node 2 scripts/finetune_clip.py --profile offline -p clip_finetune.objectives=[CS] \
+        -p clip_finetune.train.epochs=5
 
-``-p key=value`` overrides the profile's ``clip_finetune`` settings (dotted keys reach nested ones;
-values are YAML). Under torchrun each process trains on its shard of every batch (gloo on CPU, nccl on
+``-p dotted.key=value`` sets any profile key, with the suite's grammar (YAML values; ``null`` switches
+an optional feature such as ``clip_finetune.wise_ft`` off); the configuration is validated first. Under torchrun each process trains on its shard of every batch (gloo on CPU, nccl on
 CUDA), gradients are averaged, and only rank 0 writes checkpoints, records and figures. With
 ``--weights-report PATTERN`` each rank writes the hash of its final weights to PATTERN.format(rank=r).
 """
@@ -16,36 +17,26 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import clip_experiments, config, distributed, profiles  # noqa: E402
-
-
-def overrides(items: list[str]) -> dict:
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"-p {item!r}: use key=value (dotted keys for nested settings)")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
+from helpers import clip_experiments, config, distributed, profiles, settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default=config.profile_name(), choices=profiles.available())
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--profile", default=config.profile_name(),
+                    help=f"a bundled profile ({', '.join(profiles.available())}) or the path of your own YAML")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting by dotted key, e.g. clip_finetune.train.epochs=3 (repeatable)")
     ap.add_argument("--weights-report", default=None, help="per-rank JSON with the final weights' hash")
     args = ap.parse_args(argv)
+    try:  # a bad setting stops every rank before any process group or data is touched
+        P = profiles.load(args.profile, args.param)
+    except settings.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     distributed.setup()
     try:
-        P = profiles.load(args.profile, clip_finetune=overrides(args.param))
         outcome = clip_experiments.clip_finetune(P, P.dataset(), progress=distributed.is_main())
         if distributed.is_main():
             print(outcome.table.to_string(index=False))

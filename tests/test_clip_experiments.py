@@ -79,8 +79,8 @@ def test_two_ddp_ranks_on_gloo_end_with_identical_weights(tmp_path):
     env = {**os.environ, "CLIPLAB_CACHE": str(tmp_path / "cache"), "CLIPLAB_OUT": str(tmp_path / "out"),
            "OMP_NUM_THREADS": "1", "CLIPLAB_WORKERS": "0", "CLIPLAB_DEVICE": "cpu"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "scripts" / "finetune_clip.py"), "--profile", "smoke", "-p", "objectives=[CS]",
-           "-p", "train.epochs=2", "-p", "wise_ft=false", "-p", "held_out=[]",
+           str(ROOT / "scripts" / "finetune_clip.py"), "--profile", "smoke", "-p", "clip_finetune.objectives=[CS]",
+           "-p", "clip_finetune.train.epochs=2", "-p", "clip_finetune.wise_ft=null", "-p", "clip_finetune.held_out=[]",
            "--weights-report", str(tmp_path / "rank{rank}.json")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -84,10 +84,11 @@ def test_smoke_report_pdf_holds_tables_and_figures(smoke_run):
 
 def test_failing_notebook_is_reported_and_others_still_run(tmp_path):
     env = {"CLIPLAB_OUT": str(tmp_path / "out"), "CLIPLAB_CACHE": str(tmp_path / "cache"), "CLIPLAB_WORKERS": "0"}
+    missing = tmp_path / "no-such-folder"  # only 01 reads extra_datasets; the preflight would refuse it
     proc = _run_suite(["--profile", "smoke", "--only", "01,02", "--no-report", "--out", str(tmp_path / "runs"),
-                       "-p", "templates=no-such-template-set"], env, tmp_path)
+                       "--skip-preflight", "-p", f"extra_datasets=[{missing}]"], env, tmp_path)
     assert proc.returncode == 1
-    assert "FAILED 01_zero_shot" in proc.stdout and "unknown template set" in proc.stdout  # its failing cell
+    assert "FAILED 01_zero_shot" in proc.stdout and str(missing) in proc.stdout  # its failing cell
     assert "ok     02_prompt_validation" in proc.stdout and "1/2 ok" in proc.stdout  # 02 ran all the same
 
 

@@ -1,0 +1,464 @@
+"""The typed configuration of the suite: one schema for every profile key, validated before any work.
+
+Why pydantic models: each key is declared once with its type, default, bounds and meaning (the
+``description`` is what ``--show-config`` prints), unknown keys are refused (``extra="forbid"``),
+and validation errors carry the exact path of the offending key, so one message can name it, the
+expected type, the value given and, for a typo, the closest valid key. Dataclasses would need all of
+that written by hand.
+
+Overrides use one grammar everywhere (suite ``-p``, ``scripts/finetune_clip.py -p``, the notebooks'
+``overrides`` parameter): a dotted path and a YAML value, e.g. ``clip_finetune.train.epochs=3`` or
+``few_shot.ks=[1,4]``. A mapping value merges into the section; ``null`` (or ``false`` for an optional
+feature) switches that feature off.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run as written; the message names the key, what was expected and
+    what was given. The suite turns it into exit code 2 before any work starts."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _off(value):
+    """``false`` switches an optional feature off, like ``null``."""
+    return None if value is False else value
+
+
+PosInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Templates = str | list[str]
+MODEL_KINDS = ("openai", "file", "scratch", "torchvision", "06")
+
+
+def _check_spec(spec: str) -> str:
+    kind, sep, body = spec.partition(":")
+    if not sep or not body or kind not in MODEL_KINDS:
+        raise ValueError(f"model spec {spec!r}: use <kind>:<name> with kind one of {', '.join(MODEL_KINDS)} "
+                         "(e.g. openai:ViT-B/32, file:/path/model.pt, scratch:tiny-vit, torchvision:resnet50@DEFAULT)")
+    return spec
+
+
+def _check_templates(value):
+    from . import prompts
+
+    try:
+        prompts.templates(value)
+    except (KeyError, ValueError) as e:
+        raise ValueError(str(e).strip('"')) from None
+    return value
+
+
+ModelSpec = Annotated[str, Field(min_length=3)]
+
+
+class Train(Section):
+    """One training run of the shared loop (helpers.training.TrainConfig) plus its batch."""
+
+    epochs: PosInt = Field(30, description="maximum epochs")
+    lr: Annotated[float, Field(gt=0)] = Field(1e-3, description="peak learning rate of AdamW")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.05, description="AdamW weight decay (weights only)")
+    warmup_epochs: Annotated[float, Field(ge=0)] = Field(1.0, description="linear warmup, in epochs")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    accumulate: PosInt = Field(1, description="micro-batches per optimiser step")
+    clip_grad: Annotated[float, Field(gt=0)] | None = Field(1.0, description="gradient-norm clip; null: none")
+    patience: PosInt | None = Field(None, description="early stop after this many epochs without val gain")
+    max_minutes: Annotated[float, Field(gt=0)] | None = Field(None, description="wall-time budget")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    batch_size: PosInt = Field(64, description="images per optimiser step (all ranks together)")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="cross-entropy smoothing")
+
+
+class RetrievalTrain(Train):
+    batch_size: PosInt = Field(32, description="caption pairs per step")
+
+
+class ClassifierTrain(Train):
+    batch_size: PosInt = Field(128, description="images per step")
+
+
+class Dataset(Section):
+    kind: Literal["synthetic", "eurosat", "folder"] = Field("synthetic", description="which loader")
+    root: str | None = Field(None, description="dataset folder (folder: required; eurosat: default $CLIPLAB_DATA/eurosat_rgb)")
+    name: str | None = Field(None, description="name in records (default: the folder's)")
+    download: bool = Field(False, description="eurosat: download with torchvision when absent")
+    val_fraction: Fraction = Field(0.1, description="share of train held out for validation (stratified)")
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of splits, probes and training")
+    classnames: dict[str, str] | list[str] | None = Field(None, description="readable class names (map folder->name, or a list)")
+
+    @model_validator(mode="after")
+    def _folder_needs_root(self):
+        if self.kind == "folder" and not self.root:
+            raise ValueError("dataset.kind 'folder' needs dataset.root (the folder holding the class folders)")
+        return self
+
+
+class ExtraDataset(Section):
+    root: str = Field(description="an image folder (<root>/<class>/* or with train/test sub-folders)")
+    name: str | None = Field(None, description="name in records")
+
+
+class PromptValidation(Section):
+    classname_variants: list[Literal["folder", "readable"]] = Field(["folder", "readable"], min_length=1)
+    template_sets: list[str] = Field(["plain", "centered-satellite"], min_length=1,
+                                     description="template sets compared on val")
+
+    @field_validator("template_sets")
+    @classmethod
+    def _known(cls, v):
+        for t in v:
+            _check_templates(t)
+        return v
+
+
+class FewShot(Section):
+    ks: list[PosInt | Literal["all"]] = Field([1, 2, 4, 8, 16, "all"], min_length=1,
+                                              description="images per class of each probe ('all': every train image)")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2], min_length=1, description="k-shot draws")
+    max_iter: PosInt = Field(1000, description="L-BFGS iterations of each logistic-regression fit")
+
+
+class Baselines(Section):
+    backbones: list[ModelSpec] = Field(["torchvision:resnet50@DEFAULT"], description="probed backbones")
+    finetune: list[ModelSpec] = Field([], description="backbones also fine-tuned end to end")
+    input_size: PosInt = Field(224, description="image side fed to the backbones")
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bicubic"
+    aerial: bool = Field(True, description="train augmentation adds vertical flips and 90-degree rotations")
+    probe_ks: list[PosInt | Literal["all"]] = Field([16, "all"], min_length=1)
+    train: Train = Field(default_factory=Train)
+
+    @model_validator(mode="after")
+    def _finetune_subset(self):
+        extra = [s for s in self.finetune if s not in self.backbones]
+        if extra:
+            raise ValueError(f"baselines.finetune {extra} are not in baselines.backbones")
+        return self
+
+
+class WiseFT(Section):
+    alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(min_length=1, description="interpolation weights")
+
+
+class Retrieval(Section):
+    captions: str = Field(description="'synthetic' or a captions CSV (image,caption)")
+    start: str = Field("CS", description="objective whose checkpoint retrieval starts from")
+    freeze: str = "unfreeze"
+    aerial: bool = False
+    test_fraction: Fraction = 0.4
+    val_fraction: Fraction = 0.2
+    train: RetrievalTrain = Field(default_factory=RetrievalTrain)
+
+
+class ClipFinetune(Section):
+    model: ModelSpec = Field("scratch:tiny-rn", description="the CLIP fine-tuned")
+    objectives: list[Literal["ML", "CS", "FLYP", "LP-FT"]] = Field(["CS"], min_length=1)
+    freeze: str = Field("unfreeze", description="unfreeze | 'vision-freeze N' | mix-freeze")
+    freeze_text: bool = Field(False, description="freeze the whole text tower")
+    head_init: Literal["zero-shot", "random"] = Field("zero-shot", description="ML head start")
+    templates: Templates = Field("openai-eurosat", description="evaluation templates (val, test, zero-shot)")
+    train_templates: Templates | None = Field(None, description="templates sampled in training (default: templates)")
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bicubic"
+    aerial: bool = True
+    color_jitter: Annotated[float, Field(ge=0)] = 0.0
+    probe_max_iter: PosInt = 1000
+    held_out: list[str] = Field([], description="zero-shot after fine-tuning on these: synthetic, eurosat or image folders")
+    train: Train = Field(default_factory=Train)
+    wise_ft: WiseFT | None = Field(None, description="WiSE-FT sweep; null: off")
+    retrieval: Retrieval | None = Field(None, description="retrieval fine-tuning on captions; null: off")
+
+    _off = field_validator("wise_ft", "retrieval", mode="before")(classmethod(lambda cls, v: _off(v)))
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, v):
+        if v in ("unfreeze", "mix-freeze"):
+            return v
+        parts = v.split()
+        if len(parts) == 2 and parts[0] == "vision-freeze" and parts[1].isdigit():
+            return v
+        raise ValueError(f"freeze {v!r}: use unfreeze, 'vision-freeze N' (N an integer) or mix-freeze")
+
+    @field_validator("templates", "train_templates")
+    @classmethod
+    def _templates(cls, v):
+        return v if v is None else _check_templates(v)
+
+
+class Proxy(Section):
+    expert: ModelSpec = Field("06:CS", description="'06:<objective>[:<model spec>]' or any model spec")
+    anti_expert: ModelSpec = Field("scratch:tiny-rn", description="the expert before tuning")
+    base: ModelSpec = Field("scratch:tiny-vit", description="the large model steered")
+    templates: Templates = "openai-eurosat"
+    alphas: list[Annotated[float, Field(ge=0)]] = Field([0, 0.5, 1, 2], min_length=1)
+    spaces: list[Literal["logits", "logprobs"]] = Field(["logits"], min_length=1)
+    match_temperature: list[bool] = Field([False], min_length=1)
+
+    _t = field_validator("templates")(classmethod(lambda cls, v: _check_templates(v)))
+
+
+class UpsamplerTrain(Section):
+    train: Train = Field(default_factory=Train)
+
+
+class UpsamplingClassifier(Section):
+    backbone: ModelSpec = "torchvision:resnet18"
+    input_size: PosInt | None = None
+    aerial: bool = True
+    upsamplers: list[str] | None = Field(None, description="null: every upsampler")
+    train: ClassifierTrain = Field(default_factory=ClassifierTrain)
+
+
+class Upsampling(Section):
+    factor: PosInt = Field(4, description="downscale factor restored (1: upsample originals to the model size)")
+    network_scale: Literal[2, 4, 8] = Field(4, description="SR network scale when factor is 1")
+    target_size: PosInt | None = Field(None, description="restored size; null: each model's input size")
+    upsamplers: list[str] = Field(["pil-bicubic"], min_length=1)
+    srgan_dir: str = Field("weights/srgan", description="folder of netG_x{2,4,8}.pth (relative: under $CLIPLAB_CACHE)")
+    srgan_sha256: dict[Literal["x2", "x4", "x8"], str] = {}
+    learned: UpsamplerTrain = Field(default_factory=UpsamplerTrain)
+    n_quality: PosInt = Field(500, description="test images whose PSNR/SSIM is measured")
+    clip_models: list[ModelSpec] = []
+    templates: Templates = "centered-satellite"
+    probe_max_iter: PosInt = 1000
+    classifier: UpsamplingClassifier | None = Field(None, description="a classifier per upsampler; null: off")
+
+    _off = field_validator("classifier", mode="before")(classmethod(lambda cls, v: _off(v)))
+    _t = field_validator("templates")(classmethod(lambda cls, v: _check_templates(v)))
+
+
+class Settings(Section):
+    """Every key of a profile. Sections belong to notebooks: 01 (models, templates, extra_datasets,
+    grid_images), 02 prompt_validation, 03 upsampling, 04 few_shot, 05 baselines, 06 clip_finetune,
+    07 proxy."""
+
+    description: str = ""
+    dataset: Dataset = Field(default_factory=Dataset)
+    models: list[ModelSpec] = Field(["scratch:tiny-vit"], min_length=1, description="CLIP models compared")
+    templates: Templates = Field("centered-satellite", description="zero-shot templates (a set name or a list)")
+    batch_size: PosInt = Field(64, description="images per encoding batch")
+    extra_datasets: list[str | ExtraDataset] = Field([], description="more test folders for 01")
+    prompt_validation: PromptValidation = Field(default_factory=PromptValidation)
+    grid_images: PosInt = 8
+    few_shot: FewShot = Field(default_factory=FewShot)
+    baselines: Baselines = Field(default_factory=Baselines)
+    clip_finetune: ClipFinetune = Field(default_factory=ClipFinetune)
+    proxy: Proxy = Field(default_factory=Proxy)
+    upsampling: Upsampling = Field(default_factory=Upsampling)
+
+    _t = field_validator("templates")(classmethod(lambda cls, v: _check_templates(v)))
+
+    @field_validator("models")
+    @classmethod
+    def _specs(cls, v):
+        return [_check_spec(s) for s in v]
+
+    @field_validator("extra_datasets", mode="before")
+    @classmethod
+    def _list(cls, v):
+        if isinstance(v, str | dict):
+            raise ValueError("extra_datasets is a list: write [<folder>] or [{root: <folder>, name: <name>}]")
+        return v
+
+
+# ------------------------------------------------------------------------------- overrides
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """``a.b.c=value`` -> ("a.b.c", YAML value)."""
+    key, eq, value = item.partition("=")
+    parts = key.strip().split(".")
+    if not eq or not all(p.isidentifier() for p in parts):
+        raise ConfigError(f"-p {item!r}: use a dotted key and a YAML value, e.g. clip_finetune.train.epochs=3")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"-p {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def apply_overrides(settings: dict, overrides: dict | None) -> dict:
+    """``settings`` with each ``{dotted.key: value}`` applied; mappings merge, anything else replaces
+    (``None`` included: it switches an optional feature off)."""
+    out = _deep_copy(settings)
+    for key, value in (overrides or {}).items():
+        *parents, leaf = str(key).split(".")
+        node = out
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = merge(node[leaf], value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _deep_copy(d):
+    return {k: _deep_copy(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+# -------------------------------------------------------------------------------- validation
+def validate(raw: dict, source: str) -> Settings:
+    """The validated settings, or a :class:`ConfigError` naming every problem in ``raw``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a profile is a YAML mapping of keys, got {type(raw).__name__}")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        problems: dict[str, list[dict]] = {}
+        for err in e.errors():
+            keys = _keys(err["loc"], err["type"] == "extra_forbidden")
+            problems.setdefault(".".join(str(k) for k in keys), []).append({**err, "keys": keys})
+        raise ConfigError(f"{source}: {len(problems)} problem(s) in the configuration:\n"
+                          + "\n".join(f"  - {_explain(errs)}" for errs in problems.values())) from None
+
+
+def _models() -> dict[str, type[BaseModel]]:
+    return {m.__name__: m for m in _all_subclasses(Section)}
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
+
+def _keys(loc, extra: bool) -> list:
+    """The real keys of a pydantic error location (union members insert their type's name)."""
+    keys, model, by_name = [], Settings, _models()
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            keys.append(part)
+        elif model is not None and part in model.model_fields:
+            keys.append(part)
+            model = _section_in(model.model_fields[part].annotation)
+        elif part in by_name:
+            model = by_name[part]
+        elif extra and i == len(loc) - 1:
+            keys.append(part)
+    return keys
+
+
+def _section_in(annotation) -> type[BaseModel] | None:
+    """The section model inside an annotation (``Train``, ``Train | None``, ``list[str | X]``), if any."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section_in(arg)
+        if found:
+            return found
+    return None
+
+
+def _section_at(keys) -> type[BaseModel] | None:
+    """The section model that the named keys lead to (``[]``: the top level)."""
+    model = Settings
+    for k in keys:
+        if isinstance(k, str):
+            field = model.model_fields.get(k) if model else None
+            model = _section_in(field.annotation) if field is not None else None
+    return model
+
+
+def _explain(errs: list[dict]) -> str:
+    keys = errs[0]["keys"]
+    dotted = ".".join(str(k) for k in keys) or "(top level)"
+    names = [k for k in keys if isinstance(k, str)]
+    if errs[0]["type"] == "extra_forbidden":
+        parent = keys[:-1]
+        model = _section_at(parent)
+        valid = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(keys[-1]), valid, n=1, cutoff=0.6)
+        hint = f" (did you mean {'.'.join(str(p) for p in [*parent, close[0]])!r}?)" if close else ""
+        where = ".".join(str(p) for p in parent) or "the top level"
+        return f"unknown key {dotted!r}{hint}; valid keys at {where}: {', '.join(valid)}"
+    owner = _section_at(names[:-1]) if names else None
+    field = owner.model_fields.get(names[-1]) if owner and names else None
+    expected = _field_type(field) if field is not None else "a mapping"
+    given = errs[0].get("input")
+    msgs = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errs))
+    return f"{dotted}: {' / '.join(msgs)} (expected {expected}; given {given!r})"
+
+
+def _field_type(field) -> str:
+    """The field's type with the bounds pydantic moved from its annotation into ``metadata``."""
+    return _type_name(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+
+
+def _type_name(annotation) -> str:
+    """A short readable type: ``int > 0``, ``list[int > 0 | 'all']``, ``float | null``."""
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        base, *meta = args
+        bounds = []
+        for m in meta:
+            for name, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                if getattr(m, name, None) is not None:
+                    bounds.append(f"{sym} {getattr(m, name)}")
+            for inner in getattr(m, "metadata", []):
+                for name, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                    if getattr(inner, name, None) is not None:
+                        bounds.append(f"{sym} {getattr(inner, name)}")
+        return " ".join([_type_name(base), *(", ".join(bounds) and [", ".join(bounds)])])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args if a is not Ellipsis)}]"
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping (section)"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+# ------------------------------------------------------------------------------ documentation
+def describe(settings: Settings) -> str:
+    """Every key with its type, value, default and meaning: what ``--show-config`` prints."""
+    lines: list[str] = []
+    _describe(settings, type(settings).model_construct(), "", lines)
+    return "\n".join(lines)
+
+
+def _describe(values: BaseModel, defaults: BaseModel | None, prefix: str, lines: list[str]) -> None:
+    for name, field in type(values).model_fields.items():
+        value, default = getattr(values, name), getattr(defaults, name, None) if defaults is not None else None
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            lines.append(f"{key}:" + (f"  # {field.description}" if field.description else ""))
+            _describe(value, default if isinstance(default, BaseModel) else type(value).model_construct(), key + ".", lines)
+            continue
+        shown = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+        note = "" if value == default else f"  (default {yaml.safe_dump(_plain(default), default_flow_style=True).strip().removesuffix('...').strip()})"
+        doc = f"  # {_field_type(field)}" + (f": {field.description}" if field.description else "")
+        lines.append(f"{key} = {shown}{note}{doc}")
+
+
+def _plain(value):
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
