@@ -39,7 +39,10 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 import clip  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers import config, data, features, models, records  # noqa: E402
+from helpers import data, models  # noqa: E402
+from helpers.core import config  # noqa: E402
+from helpers.eval import features  # noqa: E402
+from helpers.results import records  # noqa: E402
 
 TEMPLATE = "a centered satellite photo of {}."
 

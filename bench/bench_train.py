@@ -16,7 +16,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from helpers import backbones, config, models, records
+from helpers import models
+from helpers.core import config
+from helpers.models import backbones
+from helpers.results import records
 
 
 def build(spec: str) -> tuple[torch.nn.Module, callable, dict]:

@@ -15,13 +15,12 @@ from urllib.parse import urlparse
 
 import yaml
 
-from . import config, data, models, settings, synthetic
+from helpers import data, models, settings
+from helpers.core import config
+from helpers.core.errors import ProfileError  # noqa: F401 (re-exported)
+from helpers.data import synthetic
 
 PROFILES_DIR = config.PROJECT_ROOT / "profiles"
-
-
-class ProfileError(settings.ConfigError):
-    """A profile that does not exist, or whose data or weights are missing (the message says what to do)."""
 
 
 def available() -> list[str]:
@@ -104,7 +103,7 @@ class Profile:
                 problems.append(why)
         up = self.get("upsampling") or {}
         if "srgan" in up.get("upsamplers", []):
-            from . import upsamplers
+            from helpers.models import upsamplers
 
             scale = upsamplers.network_scale(up)
             path = upsamplers.srgan_file(up["srgan_dir"], scale)

@@ -16,86 +16,27 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from . import config, records, storage
-
-TITLES = {
-    "01_zero_shot": "01 — Zero-shot classification",
-    "02_prompt_validation": "02 — Prompt validation (chosen on val, reported on test)",
-    "04_few_shot": "04 — Few-shot and linear probes on frozen CLIP features",
-    "05_imagenet_baselines": "05 — ImageNet baselines: linear probes and fine-tuning",
-    "03_upsampling": "03 — Upsampling before the model: interpolation, SRGAN, learned SR",
-    "06_clip_finetune": "06 — CLIP fine-tuning, WiSE-FT and retrieval",
-    "07_proxy_tuning": "07 — Proxy tuning (alpha chosen on val)",
-}
-
-
-def _seed_summary(recs: list[dict]) -> pd.DataFrame:
-    """k-shot style results: mean and 95% CI of test top-1 over seeds, per (model, variant without seed)."""
-    from . import probes
-
-    rows = {}
-    for r in recs:
-        variant = "|".join(part for part in r.get("variant", "").split("|") if not part.startswith("seed="))
-        rows.setdefault((r["model"].get("spec"), variant, r["untrained"]), []).append(r["metrics"]["top1"])
-    out = []
-    for (spec, variant, untrained), vals in rows.items():
-        mean, lo, hi = probes.mean_ci(vals)
-        cells = ["untrained"] * 3 if untrained else [round(mean, 4), round(lo, 4), round(hi, 4)]
-        out.append({"model": spec, "variant": variant, "seeds": len(vals), "top1_mean": cells[0],
-                    "ci95_low": cells[1], "ci95_high": cells[2]})
-    return pd.DataFrame(out)
-
-
-def _proxy_summary(recs: list[dict]) -> pd.DataFrame:
-    """Seed 000's shape: anti-expert, expert, base, then proxy-tuned per option at the alpha chosen on val."""
-    rows = []
-    for r in recs:
-        p = r.get("protocol", {})
-        if r["variant"].startswith("role="):
-            label, alpha = p.get("role"), ""
-        elif p.get("chosen"):
-            label, alpha = f"proxy-tuned ({p['space']}{', temperature-matched' if p['match_temperature'] else ''})", p["alpha"]
-        else:
-            continue
-        m = r["metrics"]
-        cells = ["untrained"] * 3 if r.get("untrained") else [round(m["top1"], 4), round(m["balanced_accuracy"], 4),
-                                                             round(m["ece"], 4)]
-        rows.append({"model": label, "alpha (chosen on val)": alpha, "top1": cells[0], "balanced_acc": cells[1],
-                     "ece": cells[2]})
-    order = {"anti-expert": 0, "expert": 1, "base": 2}
-    return pd.DataFrame(sorted(rows, key=lambda row: order.get(row["model"], 3)))
-
-
-TABLES = {"04_few_shot": _seed_summary, "05_imagenet_baselines": _seed_summary, "07_proxy_tuning": _proxy_summary}
-
-# (experiment, variant without seed) -> column of the side-by-side table
-COMPARISON = {
-    ("01_zero_shot", ""): "zero-shot",
-    ("04_few_shot", "linear probe|k=16"): "16-shot probe",
-    ("04_few_shot", "linear probe|k=all"): "linear probe",
-    ("05_imagenet_baselines", "16-shot probe"): "16-shot probe",
-    ("05_imagenet_baselines", "linear probe"): "linear probe",
-    ("05_imagenet_baselines", "fine-tuned"): "fine-tuned",
-    **{("06_clip_finetune", f"{o}|fine-tuned"): "fine-tuned" for o in ("ML", "CS", "FLYP", "LP-FT")},
-}
+from helpers import experiments
+from helpers.core import config, storage
+from helpers.eval import probes
+from helpers.results import records
 
 
 def comparison_table(recs: list[dict]) -> pd.DataFrame:
     """CLIP and ImageNet models side by side on the main test split: test top-1 (mean over seeds) of
-    zero-shot, 16-shot probe, linear probe and fine-tuned, from the newest record of each result."""
-    from . import probes
-
+    each regime an experiment declares (``Experiment.comparison``), from the newest record of each result."""
+    registry = experiments.by_id()
+    columns = list(dict.fromkeys(c for e in registry.values() for c in e.comparison_columns))
     cells: dict[tuple[str, str], list[float]] = {}
     untrained: dict[tuple[str, str], bool] = {}
     for r in {r["key"]: r for r in recs if "key" in r}.values():
-        variant = "|".join(p for p in r.get("variant", "").split("|") if not p.startswith("seed="))
-        col = COMPARISON.get((r["experiment"], variant))
-        if col is None or r["dataset"].get("split") != "test":
+        exp = registry.get(r["experiment"])
+        col = exp.comparison(r) if exp and exp.comparison else None
+        if col is None or r["dataset"].get("split") != "test" or "top1" not in r.get("metrics", {}):
             continue
         spec = r["model"].get("spec")
         cells.setdefault((spec, col), []).append(r["metrics"]["top1"])
-        untrained[(spec, col)] = bool(r.get("untrained"))
-    columns = list(dict.fromkeys(COMPARISON.values()))
+        untrained[(spec, col)] = untrained.get((spec, col), False) or bool(r.get("untrained"))
     rows = []
     for spec in dict.fromkeys(s for s, _ in cells):
         row = {"model": spec}
@@ -105,11 +46,13 @@ def comparison_table(recs: list[dict]) -> pd.DataFrame:
             else:
                 row[col] = ""
         rows.append(row)
-    return pd.DataFrame(rows, columns=["model", *columns])
+    used = [c for c in columns if any(r.get(c, "") != "" for r in rows)]
+    return pd.DataFrame(rows, columns=["model", *used])
 
 
 def _title(experiment: str) -> str:
-    return TITLES.get(experiment, experiment)
+    exp = experiments.by_id().get(experiment)
+    return exp.title if exp else experiment
 
 
 def _protocol_lines(recs: list[dict]) -> list[str]:
@@ -171,8 +114,9 @@ def sections(profile: str) -> list[tuple[str, object]]:
         recs = list({r["key"]: r for r in recs}.values())
         blocks.append(("h2", _title(exp)))
         blocks += [("p", line) for line in _protocol_lines(recs)]
-        if exp in TABLES:
-            blocks.append(("table", TABLES[exp](recs)))
+        summarise = getattr(experiments.by_id().get(exp), "summarise", None)
+        if summarise is not None:
+            blocks.append(("table", summarise(recs)))
         else:
             blocks.append(("table", table[table["experiment"] == exp].drop(columns=["experiment"])))
         figures = dict.fromkeys(f for r in recs for f in r.get("figures", []))

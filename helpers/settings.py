@@ -18,12 +18,17 @@ import difflib
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot run as written; the message names the key, what was expected and
-    what was given. The suite turns it into exit code 2 before any work starts."""
+from helpers.core.errors import ConfigError  # noqa: F401 (re-exported)
 
 
 class Section(BaseModel):
@@ -38,19 +43,19 @@ def _off(value):
 PosInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Templates = str | list[str]
-MODEL_KINDS = ("openai", "file", "scratch", "torchvision", "06")
-
-
 def _check_spec(spec: str) -> str:
-    kind, sep, body = spec.partition(":")
-    if not sep or not body or kind not in MODEL_KINDS:
-        raise ValueError(f"model spec {spec!r}: use <kind>:<name> with kind one of {', '.join(MODEL_KINDS)} "
-                         "(e.g. openai:ViT-B/32, file:/path/model.pt, scratch:tiny-vit, torchvision:resnet50@DEFAULT)")
+    """The spec's grammar, checked by its kind's parser (no weights are loaded)."""
+    from helpers import models
+
+    try:
+        models.parse(spec)
+    except models.ModelSpecError as e:
+        raise ValueError(str(e)) from None
     return spec
 
 
 def _check_templates(value):
-    from . import prompts
+    from helpers.data import prompts
 
     try:
         prompts.templates(value)
@@ -59,7 +64,7 @@ def _check_templates(value):
     return value
 
 
-ModelSpec = Annotated[str, Field(min_length=3)]
+ModelSpec = Annotated[str, AfterValidator(lambda s: _check_spec(s))]
 
 
 class Train(Section):
@@ -256,11 +261,6 @@ class Settings(Section):
     upsampling: Upsampling = Field(default_factory=Upsampling)
 
     _t = field_validator("templates")(classmethod(lambda cls, v: _check_templates(v)))
-
-    @field_validator("models")
-    @classmethod
-    def _specs(cls, v):
-        return [_check_spec(s) for s in v]
 
     @field_validator("extra_datasets", mode="before")
     @classmethod

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import config, profiles, report, settings
+from helpers import profiles, report, settings
+from helpers.core import config
 
 NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import clip_experiments, config, distributed, profiles, settings  # noqa: E402
+from helpers import profiles, settings  # noqa: E402
+from helpers.core import config, distributed
+from helpers.experiments import clip_finetune
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     distributed.setup()
     try:
-        outcome = clip_experiments.clip_finetune(P, P.dataset(), progress=distributed.is_main())
+        outcome = clip_finetune.run(P, P.dataset(), progress=distributed.is_main())
         if distributed.is_main():
             print(outcome.table.to_string(index=False))
         if args.weights_report:

@@ -26,7 +26,7 @@ def isolated_folders(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    from helpers import synthetic
+    from helpers.data import synthetic
 
     return synthetic.make_synthetic(tmp_path_factory.mktemp("synthetic") / "data")
 

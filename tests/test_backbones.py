@@ -11,8 +11,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from helpers import backbones, config, models, transforms
-from helpers.models import ModelSpecError, WeightsNotFoundError
+from helpers import models
+from helpers.core import config
+from helpers.data import transforms
+from helpers.models import ModelSpecError, WeightsNotFoundError, backbones
 
 RESNET18_FILE = "resnet18-f37072fd.pth"
 

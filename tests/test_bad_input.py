@@ -10,8 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data, features, prompts, records, storage
-from helpers.data import BadImageError, DatasetError
+from helpers import data
+from helpers.core import storage
+from helpers.data import BadImageError, DatasetError, prompts
+from helpers.eval import features
+from helpers.results import records
 
 
 def _good_jpeg(path: Path, rgb=(40, 120, 200), size: int = 32) -> Path:
@@ -201,7 +204,7 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path, cmyk, rgb):
 
 
 def test_odd_modes_go_through_the_transform_pipeline(tmp_path):
-    from helpers.transforms import clip_transform
+    from helpers.data.transforms import clip_transform
 
     transform, _ = clip_transform(32)
     files = [

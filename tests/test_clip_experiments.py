@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import clip_experiments, models, profiles, records, storage
+from helpers import models, profiles
+from helpers.core import storage
+from helpers.experiments import clip_finetune
+from helpers.results import records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +29,7 @@ def _one_thread(one_thread):
 
 def test_every_objective_trains_saves_in_openai_format_and_is_measured_from_the_file():
     P = profiles.load("smoke", clip_finetune={"train": {"epochs": 1}, "wise_ft": {"alphas": [0, 1]}})
-    out = clip_experiments.clip_finetune(P, P.dataset(), progress=False)
+    out = clip_finetune.run(P, P.dataset(), progress=False)
     runs = out.extra["runs"]
     assert set(runs) == {"ML", "CS", "FLYP", "LP-FT"}
     for objective, run in runs.items():
@@ -58,19 +61,19 @@ def test_lp_ft_starts_from_the_probe():
     P = profiles.load("smoke")
     splits = P.dataset()
     loaded0 = models.load_model(P["clip_finetune"]["model"])
-    w, b, card = clip_experiments._head_init(P, "LP-FT", loaded0, splits, P["clip_finetune"])
+    w, b, card = clip_finetune._head_init(P, "LP-FT", loaded0, splits, P["clip_finetune"])
     assert w.shape == (splits["test"].num_classes, loaded0.embed_dim) and b.shape == (splits["test"].num_classes,)
     assert "probe_C" in card
 
 
 def test_retrieval_before_and_after_caption_fine_tuning_with_a_split_by_image():
     P = profiles.load("smoke", clip_finetune={"retrieval": {"train": {"epochs": 1}}})
-    out = clip_experiments.retrieval(P, progress=False)
+    out = clip_finetune.retrieval(P, progress=False)
     assert list(out.table["stage"]) == ["before", "after caption fine-tuning"]
     assert out.table.iloc[0]["mean_recall"] == "untrained"  # scratch starting weights
     assert 0 <= out.extra["after"]["mean_recall"] <= 1
-    caps = clip_experiments.load_caption_set("synthetic")
-    ids = clip_experiments.split_captions(caps, 0.4, 0.2, seed=0)
+    caps = clip_finetune.load_caption_set("synthetic")
+    ids = clip_finetune.split_captions(caps, 0.4, 0.2, seed=0)
     assert not set(ids["train"]) & set(ids["test"]) and not set(ids["val"]) & set(ids["test"])
     assert sorted(np.concatenate(list(ids.values()))) == list(range(len(caps)))
 
@@ -98,9 +101,9 @@ def test_fine_tuned_number_equals_zero_shot_of_the_saved_checkpoint_when_best_ep
         objective, monkeypatch):
     """Issue 20: force the best validation epoch to be the first of three; the reported "fine-tuned"
     test top-1 must be the zero-shot top-1 of the saved (best) checkpoint with the recorded templates."""
-    from helpers import training
+    from helpers.train import loop
 
-    real_train = training.train
+    real_train = loop.train
 
     def first_epoch_best(model, loader, loss_fn, evaluate, cfg, *args, **kwargs):
         epochs = iter(range(1, 1000))
@@ -111,11 +114,11 @@ def test_fine_tuned_number_equals_zero_shot_of_the_saved_checkpoint_when_best_ep
 
         return real_train(model, loader, loss_fn, ranked, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(training, "train", first_epoch_best)
+    monkeypatch.setattr(loop, "train", first_epoch_best)
     P = profiles.load("smoke", clip_finetune={"objectives": [objective], "train": {"epochs": 3, "lr": 0.02},
                                               "wise_ft": False})
     splits = P.dataset()
-    out = clip_experiments.clip_finetune(P, splits, progress=False)
+    out = clip_finetune.run(P, splits, progress=False)
     run = out.extra["runs"][objective]
     assert run.tuned.result.best_epoch == 1 and len(run.tuned.result.history) == 3
     recs = {r["variant"]: r for r in records.read_records(profile="smoke")}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import clip_finetune as cf
 from helpers import models
+from helpers.train import clip_objectives as cf
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import data, synthetic
-from helpers.data import EUROSAT_CLASSES, EUROSAT_CLASSNAMES, DatasetError
+from helpers import data
+from helpers.data import EUROSAT_CLASSES, EUROSAT_CLASSNAMES, DatasetError, synthetic
 
 EUROSAT_TRAIN_COUNTS = {
     "AnnualCrop": 2500, "Forest": 2500, "HerbaceousVegetation": 2500, "Highway": 2000, "Industrial": 2000,

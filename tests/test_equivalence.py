@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from clip.model import build_model
 from PIL import Image
 
-from helpers import features, models, prompts, zeroshot
-from helpers.data import load_eurosat
+from helpers import models
+from helpers.data import load_eurosat, prompts
+from helpers.eval import features, zeroshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import features, models, synthetic, zeroshot
-from helpers.data import load_image_folder, load_rgb
-from helpers.features import StaleCacheWarning
+from helpers import models
+from helpers.data import load_image_folder, load_rgb, synthetic
+from helpers.eval import features, zeroshot
+from helpers.eval.features import StaleCacheWarning
 
 SPEC = "scratch:tiny-vit@0"
 

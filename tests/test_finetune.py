@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import backbones, finetune, synthetic, training, transforms
+from helpers.data import synthetic, transforms
+from helpers.models import backbones
+from helpers.train import loop, supervised
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +30,7 @@ def _train(splits, cfg):
     train_tf, train_card = transforms.image_transform(32, train=True)
     eval_tf, _ = transforms.image_transform(32)
     run_card = {"spec": "torchvision:resnet18", "data": splits["train"].fingerprint(), "transform": train_card}
-    return finetune.train_classifier(net, splits, train_tf, eval_tf, cfg, batch_size=32, run_card=run_card,
+    return supervised.train_classifier(net, splits, train_tf, eval_tf, cfg, batch_size=32, run_card=run_card,
                                      progress=False)
 
 
@@ -36,7 +38,7 @@ def test_train_classifier_then_resume_does_no_extra_epochs(synthetic_root, monke
     splits = synthetic.load_synthetic(root=synthetic_root)
     assert len(splits["train"]) == 144  # 4 batches of 32 per epoch (the last partial batch is dropped)
     n_test, n_classes = len(splits["test"]), splits["test"].num_classes
-    cfg = training.TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0.5, seed=0)
+    cfg = loop.TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0.5, seed=0)
 
     ft = _train(splits, cfg)
     assert 0.0 <= ft.test_metrics["top1"] <= 1.0 and ft.test_metrics["n"] == n_test
@@ -58,7 +60,7 @@ def test_train_classifier_then_resume_does_no_extra_epochs(synthetic_root, monke
             raise AssertionError("a finished run must not train again")
         return loss_fn
 
-    monkeypatch.setattr(finetune, "classification_loss", no_training)
+    monkeypatch.setattr(supervised, "classification_loss", no_training)
     again = _train(splits, cfg)
     assert again.checkpoint_dir == ft.checkpoint_dir
     assert again.result.resumed_from == 2 and len(again.result.history) == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score, top_k_accuracy_score
 
-from helpers import metrics
+from helpers.eval import metrics
 
 
 @pytest.fixture(params=[0, 1, 2])

@@ -11,7 +11,8 @@ import pytest
 import torch
 from clip.model import build_model
 
-from helpers import models, storage
+from helpers import models
+from helpers.core import storage
 from helpers.models import ModelSpecError, WeightsNotFoundError
 
 TINY = ("tiny-vit", "tiny-rn")
@@ -68,9 +69,9 @@ def test_spec_kinds_and_status(tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("", r"use openai:<name>, file:<path> or scratch:<config>"),
-    ("ViT-B/32", r"'ViT-B/32'.*use openai:<name>"),
-    ("openai:", r"use openai:<name>"),
+    ("", r"no kind; use <kind>:<name>, one of: .*openai:<name>.*file:<path>.*scratch:<config>"),
+    ("ViT-B/32", r"'ViT-B/32': no kind; use <kind>:<name>"),
+    ("openai:", r"'openai:': no name after the kind"),
     ("hub:ViT-B/32", r"unknown kind 'hub'"),
     ("openai:ViT-B/99", r"openai:ViT-B/99 is not an OpenAI CLIP model; available: .*ViT-B/32"),
     ("scratch:huge-vit", r"scratch:huge-vit is not a known config; known: .*tiny-vit"),

@@ -11,7 +11,7 @@ from scipy import stats
 from scipy.special import softmax
 from sklearn.linear_model import LogisticRegression
 
-from helpers import probes, zeroshot
+from helpers.eval import probes, zeroshot
 
 
 def gaussian_features(n_per_class: int, c: int = 4, d: int = 16, spread: float = 1.0, seed: int = 0,
@@ -57,7 +57,7 @@ def test_kshot_labels_need_not_be_contiguous():
 
 
 def test_kshot_from_train_never_touches_val_or_test(synthetic_root):
-    from helpers import synthetic
+    from helpers.data import synthetic
 
     splits = synthetic.load_synthetic(root=synthetic_root)
     train, val, test = splits["train"], splits["val"], splits["test"]

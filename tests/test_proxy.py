@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import clip_experiments, models, profiles
-from helpers import proxy as px
+from helpers import models, profiles
+from helpers.experiments import clip_finetune
+from helpers.experiments import proxy_tuning as px
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +77,8 @@ def test_the_expert_comes_from_notebook_06_records_when_they_exist():
     P = profiles.load("smoke", clip_finetune={"objectives": ["CS"], "train": {"epochs": 1}, "wise_ft": False,
                                               "retrieval": False})
     splits = P.dataset()
-    run = clip_experiments.clip_finetune(P, splits, progress=False).extra["runs"]["CS"]
-    assert clip_experiments.checkpoint_spec(P, splits, "06:CS", progress=False) == run.loaded.spec
+    run = clip_finetune.run(P, splits, progress=False).extra["runs"]["CS"]
+    assert clip_finetune.checkpoint_spec(P, splits, "06:CS", progress=False) == run.loaded.spec
 
 
 def test_pretrained_setting_path_with_file_checkpoints_in_openai_format(tmp_path):

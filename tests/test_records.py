@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import config, data, records, storage
+from helpers import data
+from helpers.core import config, storage
+from helpers.results import records
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import config, profiles, report, suite
+from helpers import profiles, report, suite
+from helpers.core import config
 
 
 def _run_suite(args, env_extra, tmp_path):
@@ -187,6 +188,7 @@ def test_preflight_refuses_when_the_proxy_refuses_the_tunnel(monkeypatch, direct
 
 def test_skip_preflight_is_explicit_and_said(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CLIPLAB_DATA", str(tmp_path / "nodata"))
+    monkeypatch.setenv("CLIPLAB_PROFILE", "smoke")  # the suite sets it for its notebooks; restored after
     monkeypatch.setattr(profiles, "_reachable", lambda url, timeout=3.0: False)
     assert suite.main(["--profile", "paper", "--no-report", "--out", str(tmp_path / "runs")]) == 2
     assert "--skip-preflight" in capsys.readouterr().err  # the refusal names the way round it

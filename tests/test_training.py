@@ -17,8 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import storage, training
-from helpers.training import TrainConfig
+from helpers.core import storage
+from helpers.train import loop
+from helpers.train.loop import TrainConfig
 
 CPU = torch.device("cpu")
 PROJECT = Path(__file__).resolve().parents[1]
@@ -88,8 +89,8 @@ def run(model=None, cfg=None, evaluate=None, ckpt=None, batch_size=16, data=None
     x, y = data if data is not None else blobs()
     model = model if model is not None else mlp()
     cfg = cfg or TrainConfig(epochs=3, lr=0.01, seed=0)
-    loader = training.train_loader(torch.utils.data.TensorDataset(x, y), batch_size, cfg.seed, workers=0)
-    result = training.train(model, loader, loss_fn, evaluate or increasing(), cfg, ckpt, device=CPU,
+    loader = loop.train_loader(torch.utils.data.TensorDataset(x, y), batch_size, cfg.seed, workers=0)
+    result = loop.train(model, loader, loss_fn, evaluate or increasing(), cfg, ckpt, device=CPU,
                             progress=False, **kw)
     return model, result
 
@@ -153,7 +154,7 @@ def test_metric_key_selects_the_best_epoch():
 # ------------------------------------------------------------------------------------- schedules
 def test_lr_lambda_warmup_then_cosine_to_zero():
     cfg = TrainConfig(epochs=10, warmup_epochs=1, schedule="cosine")
-    f = training.lr_lambda(cfg, steps_per_epoch=10)
+    f = loop.lr_lambda(cfg, steps_per_epoch=10)
     assert [f(s) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warmup
     assert f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5)  # half way through the cosine
@@ -165,15 +166,15 @@ def test_lr_lambda_warmup_then_cosine_to_zero():
 
 
 def test_lr_lambda_linear_and_constant():
-    lin = training.lr_lambda(TrainConfig(epochs=10, warmup_epochs=2, schedule="linear"), 5)
+    lin = loop.lr_lambda(TrainConfig(epochs=10, warmup_epochs=2, schedule="linear"), 5)
     assert lin(0) == pytest.approx(0.1) and lin(9) == pytest.approx(1.0)
     assert lin(10) == pytest.approx(1.0)
     assert lin(30) == pytest.approx(0.5)
     assert lin(50) == pytest.approx(0.0)
-    const = training.lr_lambda(TrainConfig(epochs=10, warmup_epochs=2, schedule="constant"), 5)
+    const = loop.lr_lambda(TrainConfig(epochs=10, warmup_epochs=2, schedule="constant"), 5)
     assert const(0) == pytest.approx(0.1)
     assert [const(s) for s in (10, 30, 49, 50)] == [1.0, 1.0, 1.0, 1.0]
-    nowarm = training.lr_lambda(TrainConfig(epochs=2, warmup_epochs=0, schedule="cosine"), 4)
+    nowarm = loop.lr_lambda(TrainConfig(epochs=2, warmup_epochs=0, schedule="cosine"), 4)
     assert nowarm(0) == 1.0 and nowarm(4) == pytest.approx(0.5)
 
 
@@ -189,7 +190,7 @@ def test_loop_applies_the_schedule_per_optimiser_step():
     cfg = TrainConfig(epochs=3, lr=0.2, warmup_epochs=1, schedule="cosine", clip_grad=None)
     _, res = run(cfg=cfg, optimizer_factory=lambda groups: RecordingSGD(groups, lr=cfg.lr))
     spe = 96 // 16
-    f = training.lr_lambda(cfg, spe)
+    f = loop.lr_lambda(cfg, spe)
     assert len(used) == 3 * spe == res.steps
     assert used == pytest.approx([cfg.lr * f(i) for i in range(3 * spe)])
     assert used[0] == pytest.approx(cfg.lr / spe)
@@ -235,7 +236,7 @@ class WithEverything(torch.nn.Module):
 
 def test_param_groups_decay_only_on_kernels_and_matrices():
     m = WithEverything()
-    decay, no_decay = training.param_groups(m, 0.05)
+    decay, no_decay = loop.param_groups(m, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in m.named_parameters()}
     assert sorted(names[id(p)] for p in decay["params"]) == ["conv.weight", "fc.weight"]
@@ -248,7 +249,7 @@ def test_param_groups_on_a_clip_model():
     from helpers import models
 
     clip_model = models.load_model("scratch:tiny-vit", device="cpu").model
-    decay, no_decay = training.param_groups(clip_model, 0.1)
+    decay, no_decay = loop.param_groups(clip_model, 0.1)
     names = {id(p): n for n, p in clip_model.named_parameters()}
     dec = {names[id(p)] for p in decay["params"]}
     nod = {names[id(p)] for p in no_decay["params"]}
@@ -272,14 +273,14 @@ def test_same_seed_same_weights_other_seed_other_weights():
 
 
 def test_epoch_sampler_is_a_permutation_fixed_by_seed_and_epoch():
-    s = training.EpochSampler(20, seed=3)
+    s = loop.EpochSampler(20, seed=3)
     e0 = list(s)
     assert sorted(e0) == list(range(20)) and len(s) == 20
     assert list(s) == e0
     s.set_epoch(1)
     e1 = list(s)
     assert sorted(e1) == list(range(20)) and e1 != e0
-    other = training.EpochSampler(20, seed=3)
+    other = loop.EpochSampler(20, seed=3)
     other.set_epoch(1)
     assert list(other) == e1
 
@@ -297,7 +298,7 @@ def test_loop_reshuffles_each_epoch_in_the_sampler_order():
     run(torch.nn.Linear(1, 1), cfg, batch_size=8, data=(x, y), loss_fn=loss_fn)
     orders = [sum(seen[e * 4:(e + 1) * 4], []) for e in range(3)]
     for epoch, order in enumerate(orders):
-        s = training.EpochSampler(32, cfg.seed)
+        s = loop.EpochSampler(32, cfg.seed)
         s.set_epoch(epoch)
         assert order == list(s)
     assert orders[0] != orders[1] != orders[2]
@@ -311,7 +312,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from helpers import training
+from helpers.train import loop
 
 torch.set_num_threads(1)
 ckpt_dir, out_dir, hang_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -325,8 +326,8 @@ xv = centers[yv] + torch.randn(48, 12, generator=g)
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 3))
-cfg = training.TrainConfig(epochs=6, lr=0.02, warmup_epochs=1, schedule="cosine", seed=5, metric="nll")
-loader = training.train_loader(torch.utils.data.TensorDataset(x, y), 16, cfg.seed, workers=0)
+cfg = loop.TrainConfig(epochs=6, lr=0.02, warmup_epochs=1, schedule="cosine", seed=5, metric="nll")
+loader = loop.train_loader(torch.utils.data.TensorDataset(x, y), 16, cfg.seed, workers=0)
 calls = 0
 
 
@@ -347,7 +348,7 @@ def evaluate(model):
     return {"top1": float((logits.argmax(1) == yv).float().mean()), "nll": -float(F.cross_entropy(logits, yv))}
 
 
-res = training.train(model, loader, loss_fn, evaluate, cfg, ckpt_dir, run_card={"test": "resume"},
+res = loop.train(model, loader, loss_fn, evaluate, cfg, ckpt_dir, run_card={"test": "resume"},
                      device=torch.device("cpu"), progress=False)
 torch.save({"final": model.state_dict(), "best_state": res.best_state}, out_dir / "final.pt")
 (out_dir / "result.json").write_text(json.dumps({
@@ -560,7 +561,7 @@ def test_curves_figure_has_both_panels():
 
     matplotlib.use("Agg")
     _, res = run(cfg=TrainConfig(epochs=2, lr=0.01))
-    fig = training.curves_figure(res.history, title="t")
+    fig = loop.curves_figure(res.history, title="t")
     assert len(fig.axes) == 2
     import matplotlib.pyplot as plt
 

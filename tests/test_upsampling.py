@@ -12,9 +12,13 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from helpers import profiles, storage, synthetic
-from helpers import upsamplers as U
-from helpers import upsampling as UP
+from helpers import profiles
+from helpers.core import storage
+from helpers.data import synthetic
+from helpers.eval import metrics
+from helpers.experiments import upsampling as UP
+from helpers.models import upsamplers as U
+from helpers.train import super_resolution
 
 SRGAN_SHA = {4: "f4c381640826a48d2440583e4920c6bb4041804f4e285c3c6d585f03961fe87c"}
 
@@ -49,10 +53,10 @@ def test_interpolations_give_the_target_size_in_range_and_pil_matches_torchvisio
 
 def test_psnr_and_ssim_on_hand_computed_cases():
     a = torch.zeros(1, 3, 8, 8)
-    assert float(U.psnr(a + 0.1, a)) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01 -> 20 dB
+    assert float(metrics.psnr(a + 0.1, a)) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01 -> 20 dB
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert np.allclose(UP.ssim(x, x), 1.0)
-    assert (UP.ssim(x, x.flip(-1)) < 0.5).all()
+    assert np.allclose(metrics.ssim(x, x), 1.0)
+    assert (metrics.ssim(x, x.flip(-1)) < 0.5).all()
 
 
 def _srgan_file(tmp_path: Path, scale: int = 4) -> Path:
@@ -89,8 +93,8 @@ def test_the_released_srgan_x4_weights_load_and_beat_nearest(eurosat_root):
     high = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in files])
     low = U.downscale(high, 4)
     ref = U.to_float(high)
-    srgan = U.psnr(up(low, (64, 64)), ref).mean()
-    nearest = U.psnr(U.Interpolation("pil", "nearest")(low, (64, 64)), ref).mean()
+    srgan = metrics.psnr(up(low, (64, 64)), ref).mean()
+    nearest = metrics.psnr(U.Interpolation("pil", "nearest")(low, (64, 64)), ref).mean()
     assert srgan > nearest
 
 
@@ -100,12 +104,13 @@ def test_espcn_starts_as_bicubic_and_training_keeps_the_best_val_psnr():
     bicubic = torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
     assert torch.equal(net(x), bicubic)
     root = synthetic.make_synthetic()
-    from helpers import data, training
+    from helpers import data
+    from helpers.train import loop
 
     splits = data.load_image_folder(root, val_fraction=0.25, seed=0)
     high = {k: UP.load_pixels(splits[k]) for k in ("train", "val")}
-    cfg = training.TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0.5)
-    up = U.train_learned(high["train"], high["val"], 4, cfg, batch_size=32, progress=False)
+    cfg = loop.TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0.5)
+    up = super_resolution.train_learned(high["train"], high["val"], 4, cfg, batch_size=32, progress=False)
     assert up.name == "learned-x4" and up.info["best_epoch"] in (1, 2) and np.isfinite(up.info["best_val_psnr"])
 
 

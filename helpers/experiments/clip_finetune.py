@@ -17,30 +17,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import clip_finetune as cf
-from . import (
-    config,
-    data,
-    distributed,
-    features,
-    finetune,
-    metrics,
-    models,
-    plots,
-    probes,
-    prompts,
-    records,
-    storage,
-    synthetic,
-    training,
-    transforms,
-    zeroshot,
-)
-from .data import Samples
-from .experiments import Outcome, _save, _slug, _train_config, encode
-from .profiles import Profile
+from helpers import data, models
+from helpers.core import config, distributed, storage
+from helpers.data import Samples, prompts, synthetic, transforms
+from helpers.eval import features, metrics, probes, zeroshot
+from helpers.experiments import Experiment
+from helpers.experiments.common import Outcome, encode, save_stamped, slug, train_config
+from helpers.profiles import Profile
+from helpers.results import plots, records
+from helpers.train import clip_objectives as cf
+from helpers.train import loop, supervised
 
-EXPERIMENT = "06_clip_finetune"
+EXPERIMENT = Experiment(
+    "06_clip_finetune", "06 — CLIP fine-tuning, WiSE-FT and retrieval", section="clip_finetune",
+    comparison=lambda rec: "fine-tuned" if records.facets(rec).get("stage") == "fine-tuned"
+    or records.facets(rec).get("label1") == "fine-tuned" else None,
+    comparison_columns=("fine-tuned",))
 
 
 def held_out_tests(P: Profile, names) -> list[Samples]:
@@ -72,7 +64,7 @@ def in_memory(spec: str, model: torch.nn.Module, status: str, meta: dict | None 
 @dataclass
 class FineTuneRun:
     objective: str
-    tuned: finetune.Finetuned
+    tuned: supervised.Finetuned
     loaded: models.LoadedModel  # the saved checkpoint read back through file:<path>
     freeze: dict
     checkpoint: str
@@ -107,7 +99,7 @@ def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, p
     freeze = cf.apply_freeze(model, s.get("freeze", "unfreeze"), bool(s.get("freeze_text", False)))
     tuner = cf.FineTuner(model, objective, classnames, s.get("train_templates") or s["templates"],
                          seed=P.seed, head_init=head_w, head_bias=head_b, eval_templates=s["templates"])
-    freeze["trainable"], freeze["total"] = training.count_trainable(tuner)
+    freeze["trainable"], freeze["total"] = loop.count_trainable(tuner)
     if progress and distributed.is_main():
         print(f"{objective}: {freeze['trainable']:,} of {freeze['total']:,} parameters trainable ({freeze['strategy']}"
               f"{', text tower frozen' if s.get('freeze_text') else ''})")
@@ -116,19 +108,19 @@ def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, p
                                                        train=True, aerial=bool(s.get("aerial", True)),
                                                        color_jitter=float(s.get("color_jitter", 0.0)))
     eval_tf, _ = loaded0.transform(interp)
-    cfg = _train_config(s["train"], P.seed)
+    cfg = train_config(s["train"], P.seed)
     batch = int(s["train"].get("batch_size", 64))
     train_card = {"objective": objective, "spec": spec, "weights": loaded0.weights_sha256, "freeze": freeze,
                   "data": splits["train"].fingerprint(), "transform": train_tcard, **head_card,
                   "train_templates": prompts.templates(s.get("train_templates") or s["templates"]),
                   "eval_templates": prompts.templates(s["templates"]), "world_size": distributed.world_size()}
     dev = config.device()
-    tuned = finetune.train_classifier(tuner, splits, train_tf, eval_tf, cfg, batch, train_card, progress=progress,
+    tuned = supervised.train_classifier(tuner, splits, train_tf, eval_tf, cfg, batch, train_card, progress=progress,
                                       loss_fn=lambda m, b: m(b[0].to(dev), b[1]), classify=tuner.classify)
     run_key = storage.sha256_json({"run": train_card, "cfg": cfg.card(), "batch": batch})[:10]  # a new run never overwrites
-    path = config.cache_dir() / "models" / P.name / f"{_slug(EXPERIMENT, objective, spec)}-{run_key}.pt"
+    path = config.cache_dir() / "models" / P.name / f"{slug(EXPERIMENT.id, objective, spec)}-{run_key}.pt"
     if distributed.is_main():
-        meta = {"trained": True, "by": EXPERIMENT, "objective": objective, "initial": loaded0.card(),
+        meta = {"trained": True, "by": EXPERIMENT.id, "objective": objective, "initial": loaded0.card(),
                 "dataset": splits["train"].card(), "test_top1": tuned.test_metrics["top1"],
                 "best_epoch": tuned.result.best_epoch, "train": cfg.card()}
         models.save_openai_state_dict(tuner.clip, path, meta, half=False)
@@ -147,7 +139,7 @@ def checkpoint_spec(P, splits, spec: str, progress: bool = True) -> str:
     _, objective, *model = spec.split(":", 2)
     settings = dict(P["clip_finetune"], **({"model": model[0]} if model else {}))
     found = [r for r in records.read_records(profile=P.name)
-             if r["experiment"] == EXPERIMENT and r["variant"] == f"{objective}|fine-tuned"
+             if r["experiment"] == EXPERIMENT.id and r["variant"] == f"{objective}|fine-tuned"
              and r["protocol"].get("train_card", {}).get("spec") == settings["model"]
              and r["dataset"].get("name") == splits["test"].name and r["model"].get("spec", "").startswith("file:")]
     for rec in sorted(found, key=lambda r: r["created"], reverse=True):
@@ -191,7 +183,7 @@ def wise_ft_figure(rows: list[dict], title: str):
     return fig
 
 
-def clip_finetune(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcome:
+def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcome:
     """Every objective of the profile: train, save, read back; zero-shot before/after on the target
     and held-out tests; WiSE-FT for the prompt objectives. Records for every number."""
     s = P["clip_finetune"]
@@ -200,15 +192,17 @@ def clip_finetune(P: Profile, splits: dict[str, Samples], progress: bool = True)
     loaded0 = models.load_model(s["model"])
     recs, rows, figs, extra = [], [], {}, {"runs": {}}
 
-    def record(variant, m, samples, loaded, protocol, wall, figures=()):
-        recs.append(records.make_record(EXPERIMENT, m, dataset=samples.card(), model=loaded.card(), profile=P.name,
+    def record(variant, m, samples, loaded, protocol, wall, figures=(), **facets):
+        recs.append(records.make_record(EXPERIMENT.id, m, dataset=samples.card(), model=loaded.card(), profile=P.name,
                                         variant=variant, seeds=[P.seed], wall_time_s=wall, figures=figures,
-                                        protocol={"templates": prompts.templates(templates), **protocol}))
+                                        protocol={"templates": prompts.templates(templates), **protocol},
+                                        facets=facets))
 
     timer = records.Timer()
     before = {t.name: zero_shot_metrics(P, loaded0, t, templates) for t in tests}
     for t in tests:
-        record(f"zero-shot before|{t.name}", before[t.name], t, loaded0, {"stage": "before fine-tuning"}, timer.seconds)
+        record(f"zero-shot before|{t.name}", before[t.name], t, loaded0, {"stage": "before fine-tuning"}, timer.seconds,
+               head="zero-shot", stage="zero-shot before")
         rows.append({"objective": "-", "stage": "zero-shot before", "dataset": t.name,
                      "top1": before[t.name]["top1"], "untrained": not loaded0.trained})
 
@@ -217,34 +211,35 @@ def clip_finetune(P: Profile, splits: dict[str, Samples], progress: bool = True)
         run = fine_tune(P, splits, objective, s, progress=progress)
         extra["runs"][objective] = run
         tuned, status = run.tuned, "fine-tuned" if loaded0.trained else "trained from scratch"
-        stem = _slug("06", test.name, objective, s["model"])
-        curve = training.curves_figure(tuned.result.history, title=f"{s['model']} {objective} ({status})")
+        stem = slug("06", test.name, objective, s["model"])
+        curve = loop.curves_figure(tuned.result.history, title=f"{s['model']} {objective} ({status})")
         cm = plots.confusion_matrix(metrics.confusion(tuned.test_logits, test.labels, test.num_classes),
                                     test.classnames, title=f"{objective} {status}: test confusion")
-        saved = [_save(curve, P, f"{stem}-curves", s["model"], False), _save(cm, P, f"{stem}-confusion", s["model"], False)]
+        saved = [save_stamped(curve, P, f"{stem}-curves", s["model"], False), save_stamped(cm, P, f"{stem}-confusion", s["model"], False)]
         figs[f"{objective} curves"], figs[f"{objective} confusion"] = curve, cm
         head = "linear head" if tuned_has_head(objective) else "prompt matching (all templates, averaged)"
         protocol = {"stage": status, "objective": objective, "classifier": head, "freeze": run.freeze,
-                    "train": _train_config(s["train"], P.seed).card(),
+                    "train": train_config(s["train"], P.seed).card(),
                     "batch_size": int(s["train"].get("batch_size", 64)), "train_card": run.train_card,
                     "epochs_run": len(tuned.result.history), "best_epoch": tuned.result.best_epoch,
                     "stopped": tuned.result.stopped, "train_seconds": tuned.result.seconds,
                     "resumed_from_epoch": tuned.result.resumed_from, "checkpoint": run.checkpoint,
                     "history": tuned.result.history, "autocast": config.dtype_name(config.autocast_dtype())}
         record(f"{objective}|fine-tuned", {**tuned.test_metrics, "best_val_top1": tuned.result.best_metric},
-               test, run.loaded, protocol, timer.seconds, saved)
+               test, run.loaded, protocol, timer.seconds, saved, head=head, objective=objective, stage="fine-tuned")
         rows.append({"objective": objective, "stage": status, "dataset": test.name,
                      "top1": tuned.test_metrics["top1"], "untrained": False})
         for t in tests:
             m = zero_shot_metrics(P, run.loaded, t, templates)
             record(f"{objective}|zero-shot after|{t.name}", m, t, run.loaded,
-                   {"stage": f"zero-shot after {objective} fine-tuning", "checkpoint": run.checkpoint}, timer.seconds)
+                   {"stage": f"zero-shot after {objective} fine-tuning", "checkpoint": run.checkpoint}, timer.seconds,
+                   head="zero-shot", objective=objective, stage="zero-shot after")
             rows.append({"objective": objective, "stage": "zero-shot after", "dataset": t.name, "top1": m["top1"],
                          "untrained": False})
         if s.get("wise_ft") and not tuned_has_head(objective):
             wrows = wise_ft(P, loaded0, run, tests, s["wise_ft"]["alphas"], templates)
             fig = wise_ft_figure(wrows, f"WiSE-FT: {s['model']} {objective}")
-            wsaved = [_save(fig, P, f"{stem}-wise-ft", s["model"], False)]
+            wsaved = [save_stamped(fig, P, f"{stem}-wise-ft", s["model"], False)]
             if not loaded0.trained:
                 fig.axes[0].annotate("alpha=0: untrained weights", (0, 0), xycoords="axes fraction",
                                      xytext=(4, 4), textcoords="offset points", fontsize=7, color="gray")
@@ -252,26 +247,18 @@ def clip_finetune(P: Profile, splits: dict[str, Samples], progress: bool = True)
             for r in wrows:
                 record(f"{objective}|wise-ft alpha={r['alpha']:g}|{r['dataset']}", r["metrics"], r["samples"],
                        r["loaded"], {"stage": "WiSE-FT", "alpha": r["alpha"], "zero_shot": s["model"],
-                                     "fine_tuned": run.checkpoint}, timer.seconds, wsaved)
+                                     "fine_tuned": run.checkpoint}, timer.seconds, wsaved,
+                       head="zero-shot", objective=objective, stage="WiSE-FT", alpha=r["alpha"])
             extra.setdefault("wise_ft", {})[objective] = pd.DataFrame(
                 [{k: r[k] for k in ("alpha", "dataset", "top1", "untrained")} for r in wrows])
     if distributed.is_main():
         for rec in recs:
             records.append_record(rec)
-    return Outcome(recs, _masked(pd.DataFrame(rows)), figs, extra)
+    return Outcome(recs, records.mask_untrained(pd.DataFrame(rows), ["top1"]), figs, extra)
 
 
 def tuned_has_head(objective: str) -> bool:
     return objective in ("ML", "LP-FT")
-
-
-def _masked(table: pd.DataFrame, col: str = "top1") -> pd.DataFrame:
-    if table.empty:
-        return table
-    table = table.copy()
-    table[col] = table[col].astype(object)
-    table.loc[table["untrained"].astype(bool), col] = "untrained"
-    return table.drop(columns="untrained")
 
 
 # ------------------------------------------------------------------------------------- retrieval
@@ -336,9 +323,9 @@ def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) 
     res = loaded0.resolution
     train_tf, train_tcard = transforms.image_transform(res, "bicubic", transforms.CLIP_MEAN, transforms.CLIP_STD,
                                                        train=True, aerial=bool(s.get("aerial", False)))
-    cfg = _train_config(s["train"], P.seed)
+    cfg = train_config(s["train"], P.seed)
     batch = int(s["train"].get("batch_size", 32))
-    loader = training.train_loader(CaptionPairs(captions, train_ids, train_tf), batch, cfg.seed)
+    loader = loop.train_loader(CaptionPairs(captions, train_ids, train_tf), batch, cfg.seed)
     dev = config.device()
 
     def evaluate(m):
@@ -348,7 +335,7 @@ def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) 
     cfg.metric = "mean_recall"
     card = {"spec": spec, "weights": loaded0.weights_sha256, "captions": captions.card(), "train_ids": len(train_ids)}
     ckpt = config.cache_dir() / "checkpoints" / storage.sha256_json({"run": card, "cfg": cfg.card(), "batch": batch})[:20]
-    result = training.train(tuner, loader, lambda m, b: m(b[0].to(dev), b[1], torch.as_tensor(b[2])), evaluate,
+    result = loop.train(tuner, loader, lambda m, b: m(b[0].to(dev), b[1], torch.as_tensor(b[2])), evaluate,
                             cfg, ckpt, run_card=card, progress=progress)
     after_model = in_memory(f"{spec}|caption fine-tuned", tuner.clip, "trained",
                             {"objective": "contrastive on captions", "initial": spec})
@@ -357,19 +344,18 @@ def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) 
     recs = []
     for stage, loaded, m in (("before", loaded0, before), ("after caption fine-tuning", after_model, after)):
         recs.append(records.make_record(
-            EXPERIMENT, m, dataset={**sub.card(), "captions": captions.card()}, model=loaded.card(), profile=P.name,
+            EXPERIMENT.id, m, dataset={**sub.card(), "captions": captions.card()}, model=loaded.card(), profile=P.name,
             variant=f"retrieval|{stage}", seeds=[P.seed], wall_time_s=timer.seconds,
             protocol={"task": "retrieval", "stage": stage, "split": f"{len(train_ids)} train / {len(ids['val'])} val / "
                       f"{len(test_ids)} test images (seeded split by image, seed {P.seed})", "freeze": freeze,
                       "train": cfg.card(), "batch_size": batch, "train_transform": train_tcard,
                       "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                      "selection": "best epoch by mean recall on the val images"}))
+                      "selection": "best epoch by mean recall on the val images"},
+            facets={"task": "retrieval", "stage": stage}))
     if distributed.is_main():
         for rec in recs:
             records.append_record(rec)
     table = pd.DataFrame([{"stage": r["protocol"]["stage"], **{k: v for k, v in r["metrics"].items()},
                            "untrained": r["untrained"]} for r in recs])
-    for col in [c for c in table.columns if "R@" in c or c == "mean_recall"]:
-        table[col] = table[col].astype(object)
-        table.loc[table["untrained"].astype(bool), col] = "untrained"
-    return Outcome(recs, table.drop(columns="untrained"), {}, {"before": before, "after": after})
+    shown = records.mask_untrained(table, [c for c in table.columns if "R@" in c or c == "mean_recall"])
+    return Outcome(recs, shown, {}, {"before": before, "after": after})

@@ -24,17 +24,10 @@ import clip
 import torch
 from clip.model import CLIP, build_model
 
-from . import config, storage
-from .transforms import clip_transform
-
-
-class ModelSpecError(ValueError):
-    """A model spec string that does not name a model."""
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Weights are not on disk and cannot be downloaded; the message says what to place where."""
-
+from helpers.core import config, storage
+from helpers.core.errors import ModelSpecError, WeightsNotFoundError  # noqa: F401 (re-exported)
+from helpers.data.transforms import clip_transform
+from helpers.models import registry
 
 # CLIP(embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
 #      context_length, vocab_size, transformer_width, transformer_heads, transformer_layers)
@@ -143,40 +136,41 @@ class LoadedModel:
         }
 
 
+# OpenAI's published checkpoints: name -> (sha256 of the file, file name); the URL is built from both.
+# Kept here rather than read from clip's private table, so the lab states what it expects to load.
+OPENAI_URL = "https://openaipublic.azureedge.net/clip/models/{sha256}/{file}"
+OPENAI_MODELS: dict[str, tuple[str, str]] = {
+    "RN50": ("afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", "RN50.pt"),
+    "RN101": ("8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599", "RN101.pt"),
+    "RN50x4": ("7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd", "RN50x4.pt"),
+    "RN50x16": ("52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa", "RN50x16.pt"),
+    "RN50x64": ("be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c", "RN50x64.pt"),
+    "ViT-B/32": ("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "ViT-B-32.pt"),
+    "ViT-B/16": ("5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", "ViT-B-16.pt"),
+    "ViT-L/14": ("b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", "ViT-L-14.pt"),
+    "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
+}
+
+
 def openai_weights_path(name: str) -> tuple[Path, str, str]:
     """(file path in the cache, expected sha256, download URL) of an OpenAI model."""
-    if name not in clip.available_models():
-        raise ModelSpecError(f"openai:{name} is not an OpenAI CLIP model; available: {clip.available_models()}")
-    url = clip.clip._MODELS[name]
-    return config.cache_dir() / "clip" / Path(url).name, url.split("/")[-2], url
+    if name not in OPENAI_MODELS:
+        raise ModelSpecError(f"openai:{name} is not an OpenAI CLIP model; available: {list(OPENAI_MODELS)}")
+    sha, file = OPENAI_MODELS[name]
+    return config.cache_dir() / "clip" / file, sha, OPENAI_URL.format(sha256=sha, file=file)
 
 
-def download_url(spec: str) -> str | None:
-    """Where a spec's weights are downloaded from (None for local or random weights)."""
-    kind, _, body = spec.partition(":")
-    if kind == "openai":
-        return openai_weights_path(body)[2]
-    if kind == "torchvision":
-        from . import backbones
-
-        arch, weights = backbones.parse(spec)
-        return backbones.weights_enum(arch, weights).url if weights else None
+def _openai_missing(spec: str) -> str | None:
+    path, sha, url = openai_weights_path(spec.partition(":")[2])
+    if not path.is_file() or storage.sha256_file(path) != sha:
+        return _missing_message(spec, path, url)
     return None
 
 
-def missing_weights(spec: str) -> str | None:
-    """Why ``spec`` cannot be loaded without network (None when its weights are on disk or not needed)."""
-    kind, _, body = spec.partition(":")
-    if kind == "torchvision":
-        from . import backbones
-
-        return backbones.missing_weights(spec)
-    if kind == "openai":
-        path, sha, url = openai_weights_path(body)
-        if not path.is_file() or storage.sha256_file(path) != sha:
-            return _missing_message(spec, path, url)
-    elif kind == "file" and not Path(body).expanduser().is_file():
-        return f"{spec}: checkpoint file {Path(body).expanduser()} does not exist; place the .pt file there"
+def _file_missing(spec: str) -> str | None:
+    path = Path(spec.partition(":")[2]).expanduser()
+    if not path.is_file():
+        return f"{spec}: checkpoint file {path} does not exist; place the .pt file there"
     return None
 
 
@@ -186,37 +180,63 @@ def _missing_message(spec: str, path: Path, url: str) -> str:
             f"or set CLIPLAB_CACHE to a folder whose clip/ subfolder holds it.")
 
 
-def load_model(spec: str, device: torch.device | str | None = None) -> LoadedModel:
-    """Load the model a spec names, in eval mode, fp32 weights, on ``device``."""
+def load_model(spec: str, device: torch.device | str | None = None):
+    """Load the model a spec names (any registered kind), in eval mode, fp32 weights, on ``device``."""
+    kind, _ = registry.split(spec)
+    if kind.load is None:
+        raise ModelSpecError(f"{spec}: a {kind.name}: spec names a recorded result; resolve it first "
+                             "(helpers.experiments.clip_finetune.checkpoint_spec)")
+    return kind.load(spec, device)
+
+
+def _load_openai_spec(spec: str, device=None) -> LoadedModel:
+    body = spec.partition(":")[2]
+    model = _load_openai(spec, body)
+    path, sha, _ = openai_weights_path(body)
+    return _loaded(spec, model, sha, "pretrained", str(path), device)
+
+
+def _load_file_spec(spec: str, device=None) -> LoadedModel:
+    path = Path(spec.partition(":")[2]).expanduser().resolve()
+    if not path.is_file():
+        raise WeightsNotFoundError(_file_missing(spec))
+    model = _load_checkpoint_file(path, spec)
+    return _loaded(spec, model, storage.sha256_file(path), "checkpoint", str(path), device)
+
+
+def _load_scratch_spec(spec: str, device=None) -> LoadedModel:
+    cfg, seed = parse_scratch(spec.partition(":")[2])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = _build_scratch(cfg)
+        except (TypeError, ZeroDivisionError, RuntimeError) as e:  # e.g. patch=None on a ViT
+            raise ModelSpecError(f"{spec}: this config does not build a CLIP model ({type(e).__name__}: {e})") from e
+    return _loaded(spec, model, storage.sha256_state_dict(model.state_dict()), "untrained", None, device)
+
+
+def _loaded(spec, model, sha, status, source, device) -> LoadedModel:
     dev = torch.device(device) if device is not None else config.device()
-    kind, sep, body = spec.partition(":")
-    if not sep or not body:
-        raise ModelSpecError(f"model spec {spec!r}: use openai:<name>, file:<path> or scratch:<config>")
-    if kind == "openai":
-        model = _load_openai(spec, body)
-        path, sha, _ = openai_weights_path(body)
-        source, status = str(path), "pretrained"
-    elif kind == "file":
-        path = Path(body).expanduser().resolve()
-        if not path.is_file():
-            raise WeightsNotFoundError(missing_weights(spec))
-        model = _load_checkpoint_file(path, spec)
-        sha, source, status = storage.sha256_file(path), str(path), "checkpoint"
-    elif kind == "scratch":
-        cfg, seed = parse_scratch(body)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            try:
-                model = _build_scratch(cfg)
-            except (TypeError, ZeroDivisionError, RuntimeError) as e:  # e.g. patch=None on a ViT
-                raise ModelSpecError(f"{spec}: this config does not build a CLIP model ({type(e).__name__}: {e})") from e
-        sha, source, status = storage.sha256_state_dict(model.state_dict()), None, "untrained"
-    else:
-        raise ModelSpecError(f"model spec {spec!r}: unknown kind {kind!r} (openai, file, scratch)")
     meta = _read_sidecar(source)
     if meta.get("trained"):
         status = "trained"
     return LoadedModel(spec, model.float().eval().to(dev), sha, status, source, meta)
+
+
+def _parse_openai(body: str):
+    openai_weights_path(body)
+    return body
+
+
+registry.register(registry.ModelKind(
+    "openai", "openai:<name> (OpenAI's checkpoints: " + ", ".join(OPENAI_MODELS) + ")", _parse_openai,
+    missing=_openai_missing, url=lambda spec: openai_weights_path(spec.partition(":")[2])[2], load=_load_openai_spec))
+registry.register(registry.ModelKind(
+    "file", "file:<path> (an OpenAI-format state dict or TorchScript archive)", lambda body: Path(body).expanduser(),
+    missing=_file_missing, load=_load_file_spec))
+registry.register(registry.ModelKind(
+    "scratch", "scratch:<config>[,key=value][@seed] (random weights; configs " + ", ".join(SCRATCH_CONFIGS) + ")",
+    lambda body: parse_scratch(body), load=_load_scratch_spec))
 
 
 def _clip_load(name_or_path: str, spec: str, download_root: str | None = None) -> CLIP:
@@ -226,7 +246,7 @@ def _clip_load(name_or_path: str, spec: str, download_root: str | None = None) -
             warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
             model, _ = clip.load(name_or_path, device="cpu", jit=False, download_root=download_root)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise WeightsNotFoundError(f"{spec}: download failed ({e}). " + (missing_weights(spec) or "")) from e
+        raise WeightsNotFoundError(f"{spec}: download failed ({e}). " + (registry.missing_weights(spec) or "")) from e
     except (RuntimeError, KeyError, EOFError, ValueError, AssertionError) as e:
         raise ModelSpecError(f"{spec}: {name_or_path} is not a CLIP checkpoint clip.load can read ({e})") from e
     return model

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import config, storage
+from helpers.core import config, storage
+from helpers.core.errors import WeightsMismatchError  # noqa: F401 (re-exported)
 
 PIL_MODES = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -120,10 +121,6 @@ class SRGANGenerator(torch.nn.Module):
         return (torch.tanh(self.block8(b1 + self.block7(b))) + 1) / 2
 
 
-class WeightsMismatchError(ValueError):
-    pass
-
-
 def network_scale(settings: dict) -> int:
     """The scale SR networks run at: the restoration ``factor``, or ``network_scale`` when it is 1."""
     return int(settings["factor"]) if int(settings["factor"]) > 1 else int(settings.get("network_scale", 4))
@@ -206,60 +203,3 @@ class ESPCN(torch.nn.Module):
     def forward(self, x):
         base = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return base + self.body(x)
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """(low-res, high-res) float pairs from uint8 high-res images, with random flips/90° rotations."""
-
-    def __init__(self, high: torch.Tensor, factor: int, augment: bool = True):
-        self.high, self.low, self.augment = high, downscale(high, factor), augment
-
-    def __len__(self) -> int:
-        return len(self.high)
-
-    def __getitem__(self, i):
-        lo, hi = to_float(self.low[i]), to_float(self.high[i])
-        if self.augment:
-            k = int(torch.randint(4, ()))
-            lo, hi = torch.rot90(lo, k, (1, 2)), torch.rot90(hi, k, (1, 2))
-            if torch.rand(()) < 0.5:
-                lo, hi = lo.flip(2), hi.flip(2)
-        return lo, hi
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of float images in [0, 1]."""
-    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return 10 * torch.log10(1.0 / mse)
-
-
-def train_learned(train_high: torch.Tensor, val_high: torch.Tensor, factor: int, cfg, batch_size: int = 64,
-                  progress: bool = True, seed: int = 0) -> NetworkUpsampler:
-    """Train ESPCN on the dataset's own train images (downscaled by ``factor``, restored; L1 loss) with
-    the shared training loop; the epoch with the best val PSNR is kept."""
-    from . import training
-
-    torch.manual_seed(seed)
-    net = ESPCN(factor)
-    loader = training.train_loader(PairDataset(train_high, factor), batch_size, cfg.seed, workers=0)
-    val = PairDataset(val_high, factor, augment=False)
-
-    def loss_fn(model, batch):
-        lo, hi = batch
-        dev = next(model.parameters()).device
-        return F.l1_loss(model(lo.to(dev)), hi.to(dev))
-
-    def evaluate(model):
-        up = NetworkUpsampler("learned", model, factor)
-        pred = up(val.low, tuple(val.high.shape[-2:]))
-        return {"psnr": float(psnr(pred, to_float(val.high)).mean())}
-
-    cfg.metric = "psnr"
-    card = {"task": "learned-sr", "factor": factor, "n_train": len(train_high),
-            "train": storage.sha256_bytes(train_high[:: max(1, len(train_high) // 256)].numpy().tobytes())}
-    ckpt = config.cache_dir() / "checkpoints" / storage.sha256_json({"run": card, "cfg": cfg.card(), "batch": batch_size})[:20]
-    result = training.train(net, loader, loss_fn, evaluate, cfg, ckpt, run_card=card, progress=progress)
-    return NetworkUpsampler(f"learned-x{factor}", net.eval(), factor,
-                            {"architecture": "ESPCN (residual over bicubic)", "trained_on": "the dataset's train split",
-                             "loss": "L1", "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                             "best_val_psnr": result.best_metric, "train_seconds": result.seconds})

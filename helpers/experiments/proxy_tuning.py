@@ -17,8 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import clip_experiments, metrics, models, plots, prompts, records, storage, zeroshot
-from .experiments import Outcome, _save, _slug, encode
+from helpers import models
+from helpers.core import storage
+from helpers.data import prompts
+from helpers.eval import metrics, zeroshot
+from helpers.experiments import Experiment, clip_finetune
+from helpers.experiments.common import Outcome, encode, save_stamped, slug
+from helpers.results import plots, records
 
 SPACES = ("logits", "logprobs")
 
@@ -106,7 +111,7 @@ def run(P, splits, progress: bool = True):
     s = P["proxy"]
     val, test = splits["val"], splits["test"]
     specs = {"anti-expert": s["anti_expert"], "base": s["base"],
-             "expert": clip_experiments.checkpoint_spec(P, splits, s["expert"], progress)}
+             "expert": clip_finetune.checkpoint_spec(P, splits, s["expert"], progress)}
     roles: dict[str, RoleScores] = {}
     for role, spec in specs.items():
         timer = records.Timer()
@@ -129,9 +134,10 @@ def run(P, splits, progress: bool = True):
     for role in ("anti-expert", "expert", "base"):
         r = roles[role]
         m = metrics.classification_metrics(r.test, test.labels, test.num_classes)
-        recs.append(records.make_record("07_proxy_tuning", m, dataset=test.card(), model=r.loaded.card(),
+        recs.append(records.make_record(EXPERIMENT.id, m, dataset=test.card(), model=r.loaded.card(),
                                         profile=P.name, variant=f"role={role}", seeds=[P.seed],
-                                        wall_time_s=r.seconds, protocol={**protocol, "role": role, "logit_scale": r.scale}))
+                                        wall_time_s=r.seconds, protocol={**protocol, "role": role, "logit_scale": r.scale},
+                                        facets={"head": "zero-shot", "role": role}))
         rows.append({"model": role, "spec": r.spec, "alpha": None, "top1": m["top1"], "balanced_acc": m["balanced_accuracy"],
                      "ece": m["ece"], "untrained": not r.loaded.trained})
     proxy_card = {"spec": f"proxy[base={specs['base']}, expert={specs['expert']}, anti={specs['anti-expert']}]",
@@ -143,29 +149,27 @@ def run(P, splits, progress: bool = True):
         opt_name = f"{space}{', temperature-matched' if match else ''}"
         for r in rows_:
             recs.append(records.make_record(
-                "07_proxy_tuning", {**r["test"], "val_top1": r["val"]["top1"]}, dataset=test.card(),
+                EXPERIMENT.id, {**r["test"], "val_top1": r["val"]["top1"]}, dataset=test.card(),
                 model=proxy_card, profile=P.name, seeds=[P.seed],
                 variant=f"proxy|{space}|match={match}|alpha={r['alpha']:g}",
                 protocol={**protocol, "space": space, "match_temperature": match, "alpha": r["alpha"],
-                          "chosen": r is best, "val_split": val.card()}))
+                          "chosen": r is best, "val_split": val.card()},
+                facets={"head": "proxy-tuned", "space": space, "match_temperature": match, "alpha": r["alpha"],
+                        "chosen_on_val": r is best}))
         rows.append({"model": f"proxy-tuned ({opt_name})", "spec": specs["base"], "alpha": best["alpha"],
                      "top1": best["test"]["top1"], "balanced_acc": best["test"]["balanced_accuracy"],
                      "ece": best["test"]["ece"], "untrained": not roles["expert"].loaded.trained})
-    table = pd.DataFrame(rows)
-    for col in ("top1", "balanced_acc", "ece"):
-        table[col] = table[col].astype(object)
-        table.loc[table["untrained"], col] = "untrained"
-    table = table.drop(columns="untrained")
+    table = records.mask_untrained(pd.DataFrame(rows), ["top1", "balanced_acc", "ece"])
 
-    stem = _slug("07_proxy", test.name, specs["base"])
+    stem = slug("07_proxy", test.name, specs["base"])
     curve = alpha_figure(sweeps[main_opt], chosen[main_opt]["alpha"], f"proxy tuning ({main_opt[0]})")
     best_main = chosen[main_opt]
     base_recall = np.asarray(metrics.classification_metrics(roles["base"].test, test.labels, test.num_classes)["per_class_recall"])
     gains = np.asarray(best_main["test"]["per_class_recall"]) - base_recall
     bars = plots.per_class_delta(test.classnames, gains, title=f"per-class recall: proxy-tuned (alpha={best_main['alpha']:g}) - base")
     untrained_base = not roles["base"].loaded.trained
-    saved = [_save(curve, P, f"{stem}-alpha", specs["base"], False),
-             _save(bars, P, f"{stem}-per-class", specs["base"], untrained_base)]
+    saved = [save_stamped(curve, P, f"{stem}-alpha", specs["base"], False),
+             save_stamped(bars, P, f"{stem}-per-class", specs["base"], untrained_base)]
     for rec in recs:
         rec["figures"] = saved
         records.append_record(rec)
@@ -189,3 +193,27 @@ def alpha_figure(rows: list[dict], chosen: float, title: str):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def summarise(recs: list[dict]) -> pd.DataFrame:
+    """Seed 000's shape: anti-expert, expert, base, then proxy-tuned per option at the alpha chosen on val."""
+    rows = []
+    for r in recs:
+        p, f = r.get("protocol", {}), records.facets(r)
+        if f.get("role") or str(f.get("label", "")).startswith("role="):
+            label, alpha = p.get("role"), ""
+        elif p.get("chosen"):
+            label, alpha = f"proxy-tuned ({p['space']}{', temperature-matched' if p['match_temperature'] else ''})", p["alpha"]
+        else:
+            continue
+        m = r["metrics"]
+        rows.append({"model": label, "alpha (chosen on val)": alpha, "top1": round(m["top1"], 4),
+                     "balanced_acc": round(m["balanced_accuracy"], 4), "ece": round(m["ece"], 4),
+                     "untrained": bool(r.get("untrained"))})
+    order = {"anti-expert": 0, "expert": 1, "base": 2}
+    table = pd.DataFrame(sorted(rows, key=lambda row: order.get(row["model"], 3)))
+    return records.mask_untrained(table, ["top1", "balanced_acc", "ece"])
+
+
+EXPERIMENT = Experiment("07_proxy_tuning", "07 — Proxy tuning (alpha chosen on val)", section="proxy",
+                        summarise=summarise)

@@ -11,13 +11,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import config, metrics, storage, training
-from .data import Samples
+from helpers.core import config, storage
+from helpers.data import Samples
+from helpers.eval import metrics
+from helpers.train import loop
 
 
 @dataclass
 class Finetuned:
-    result: training.TrainResult
+    result: loop.TrainResult
     test_metrics: dict
     test_logits: np.ndarray
     checkpoint_dir: str
@@ -52,7 +54,7 @@ def classification_loss(label_smoothing: float = 0.0):
 
 
 def train_classifier(net: torch.nn.Module, splits: dict[str, Samples], train_transform, eval_transform,
-                     cfg: training.TrainConfig, batch_size: int, run_card: dict, label_smoothing: float = 0.0,
+                     cfg: loop.TrainConfig, batch_size: int, run_card: dict, label_smoothing: float = 0.0,
                      progress: bool = True, loss_fn=None, classify=None) -> Finetuned:
     """Train ``net`` on ``splits['train']`` (augmented), select on val top-1, report the best on test.
 
@@ -64,15 +66,15 @@ def train_classifier(net: torch.nn.Module, splits: dict[str, Samples], train_tra
                                                                         "batch": batch_size})[:20]
     train_ds = splits["train"].dataset(train_transform)
     val_ds, test_ds = splits["val"].dataset(eval_transform), splits["test"].dataset(eval_transform)
-    loader = training.train_loader(train_ds, batch_size, cfg.seed)
+    loader = loop.train_loader(train_ds, batch_size, cfg.seed)
 
     def evaluate(model):
         logits, labels = predict(model, val_ds, batch_size=2 * batch_size, classify=classify)
         return {"top1": float((logits.argmax(1) == labels).mean()),
                 "loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))}
 
-    trainable, total = training.count_trainable(net)
-    result = training.train(net, loader, loss_fn or classification_loss(label_smoothing), evaluate, cfg, ckpt_dir,
+    trainable, total = loop.count_trainable(net)
+    result = loop.train(net, loader, loss_fn or classification_loss(label_smoothing), evaluate, cfg, ckpt_dir,
                             run_card=run_card, progress=progress)
     logits, labels = predict(net, test_ds, batch_size=2 * batch_size, classify=classify)
     m = metrics.classification_metrics(logits, labels, splits["test"].num_classes)

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import torch
 
-
-class NotWritableError(OSError):
-    """A folder the suite must write to cannot be written; raised before any work is done."""
+from helpers.core.errors import NotWritableError  # noqa: F401 (re-exported)
 
 
 def ensure_writable_dir(path: Path | str, purpose: str, env_var: str | None = None) -> Path:

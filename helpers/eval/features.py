@@ -21,14 +21,11 @@ import torch
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from . import config, storage
-from .data import Samples
+from helpers.core import config, storage
+from helpers.core.errors import StaleCacheWarning  # noqa: F401 (re-exported)
+from helpers.data import Samples
 
 CACHE_VERSION = 1
-
-
-class StaleCacheWarning(UserWarning):
-    """A cache file existed but could not be used; it is being rebuilt."""
 
 
 @dataclass

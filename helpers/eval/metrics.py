@@ -106,3 +106,18 @@ def retrieval_recall(image_features, text_features, caption_image, ks=(1, 5, 10)
         out[f"text_to_image_R@{k}"] = float((t2i_rank < k).float().mean())
     out["mean_recall"] = float(np.mean([out[f"{d}_R@{k}"] for d in ("image_to_text", "text_to_image") for k in ks]))
     return out
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of float images in [0, 1]."""
+    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """Per-image SSIM (scikit-image, Wang et al. 2004 settings: Gaussian window sigma 1.5) on [0, 1] RGB."""
+    from skimage.metrics import structural_similarity
+
+    return np.array([structural_similarity(p.numpy(), t.numpy(), channel_axis=0, data_range=1.0,
+                                           gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                     for p, t in zip(pred.float(), target.float(), strict=True)])

@@ -20,13 +20,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import config, storage
+from helpers.core import config, storage
+from helpers.core.errors import RecordError  # noqa: F401 (re-exported)
 
 PACKAGES = ("torch", "torchvision", "openai-clip", "numpy", "scikit-learn", "pandas", "pillow", "matplotlib")
-
-
-class RecordError(ValueError):
-    """A results file holds a line that is not a record."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,12 +73,15 @@ class Timer:
 
 def make_record(experiment: str, metrics: dict, *, dataset: dict, model: dict | None = None,
                 protocol: dict | None = None, seeds=None, profile: str | None = None,
-                wall_time_s: float | None = None, variant: str = "", figures=(), **extra) -> dict:
+                wall_time_s: float | None = None, variant: str = "", figures=(), facets: dict | None = None,
+                **extra) -> dict:
     """Assemble a record; ``dataset``/``model`` are the ``card()`` of a Samples / LoadedModel.
 
-    ``variant`` names what differs between results of one experiment on one dataset and model (a
-    prompt, a k, an upsampler); with those it forms the record's ``key``, so a re-run replaces it
-    in tables. ``figures`` are the files (relative to the output folder) that show this result.
+    ``facets`` say, as fields, what distinguishes this result within its experiment (``head``, ``k``,
+    ``seed``, ``objective``, ``stage``, ``upsampler``, ``alpha``, ...): tables group and filter on
+    them. ``variant`` is the same as a short human-readable label; with the experiment, dataset and
+    model it forms the record's ``key``, so a re-run replaces it in tables. ``figures`` are the files
+    (relative to the output folder) that show this result.
     """
     untrained = bool(model and model.get("status") == "untrained")
     key = "|".join(str(x) for x in (experiment, dataset.get("name"), dataset.get("split"),
@@ -90,6 +90,7 @@ def make_record(experiment: str, metrics: dict, *, dataset: dict, model: dict | 
         "experiment": experiment,
         "key": key,
         "variant": variant,
+        "facets": {k: v for k, v in (facets or {}).items() if v is not None},
         "figures": [str(f) for f in figures],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "profile": profile or config.profile_name(),
@@ -174,9 +175,49 @@ def results_frame(records: list[dict] | None = None, profile: str | None = None)
         return table
     cols = [c for c in RESULT_COLUMNS if c in table]
     out = table[cols].rename(columns=RESULT_COLUMNS)
-    untrained = table["untrained"].fillna(False).astype(bool) if "untrained" in table else False
     for col in METRIC_COLUMNS:
         if col in out:
-            out[col] = pd.to_numeric(out[col], errors="coerce").round(4).astype(object)
-            out.loc[untrained, col] = "untrained"
-    return out.fillna("")
+            out[col] = pd.to_numeric(out[col], errors="coerce").round(4)
+    out["untrained"] = table["untrained"] if "untrained" in table else False
+    return mask_untrained(out, METRIC_COLUMNS).fillna("")
+
+
+def facets(record: dict) -> dict:
+    """A record's structured facets. Records written before facets existed (a ``variant`` string such
+    as ``linear probe|k=16|seed=0``) get them from that string, so old result files still load."""
+    if record.get("facets") is not None:
+        return dict(record["facets"])
+    out: dict = {}
+    for i, part in enumerate(p for p in str(record.get("variant", "")).split("|") if p):
+        name, eq, value = part.partition("=")
+        if eq and name.isidentifier():
+            out[name] = _legacy_value(value)
+        else:
+            out.setdefault("label" if i == 0 else f"label{i}", part)
+    return out
+
+
+def _legacy_value(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(value, value)
+
+
+UNTRAINED = "untrained"
+
+
+def mask_untrained(table: pd.DataFrame, columns, flag: str = "untrained", drop_flag: bool = True) -> pd.DataFrame:
+    """The one place where numbers of untrained weights are hidden: each of ``columns`` reads
+    "untrained" on the rows whose ``flag`` column is true (such numbers prove a code path, they are
+    not results). The flag column is dropped unless ``drop_flag`` is false."""
+    if table.empty:
+        return table
+    out = table.copy()
+    rows = out[flag].fillna(False).astype(bool) if flag in out else pd.Series(False, index=out.index)
+    for col in [c for c in columns if c in out]:
+        out[col] = out[col].astype(object)
+        out.loc[rows, col] = UNTRAINED
+    return out.drop(columns=flag) if drop_flag and flag in out else out

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import config, distributed, storage
+from helpers.core import config, distributed, storage
 
 
 @dataclass

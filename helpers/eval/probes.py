@@ -19,7 +19,7 @@ from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from . import metrics
+from helpers.eval import metrics
 
 C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 13))
 
@@ -143,3 +143,29 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
 
 def evaluate_logits(logits, labels, num_classes: int) -> dict:
     return metrics.classification_metrics(np.nan_to_num(logits, neginf=-1e9), labels, num_classes)
+
+
+def kshot_rows(f_train, f_val, f_test, num_classes: int, ks, seeds, zs=None, max_iter: int = 1000) -> list[dict]:
+    """Linear-probe points (k, seed): k-shot from train only; C swept on val; 'all' refit on train+val.
+
+    ``zs``: (classifier, scale) to also train a zero-shot-initialised torch head on each k-shot sample.
+    """
+    rows = []
+    y_train = f_train.labels
+    for k in ks:
+        k_seeds = [seeds[0]] if k == "all" else seeds  # the full probe is deterministic: one fit
+        for seed in k_seeds:
+            idx = np.arange(len(y_train)) if k == "all" else kshot_indices(y_train, int(k), seed)
+            fit = fit_logistic(f_train.features[idx], y_train[idx], f_val.features, f_val.labels,
+                                      refit_on_val=(k == "all"), max_iter=max_iter)
+            m = evaluate_logits(full_logits(fit, f_test.features, num_classes), f_test.labels,
+                                       num_classes)
+            rows.append({"head": "linear probe", "k": k, "seed": seed, "n_train": len(idx), "C": fit.C,
+                         "val_top1_at_C": fit.val_scores[fit.C], "metrics": m})
+            if zs is not None and k != "all":
+                head = zero_shot_init_probe(f_train.features[idx], y_train[idx], f_val.features,
+                                                   f_val.labels, zs[0], zs[1], seed=seed)
+                m = evaluate_logits(head_logits(head, f_test.features), f_test.labels, num_classes)
+                rows.append({"head": "zero-shot-init probe", "k": k, "seed": seed, "n_train": len(idx),
+                             "best_step": head["best_step"], "val_top1": head["val_top1"], "metrics": m})
+    return rows

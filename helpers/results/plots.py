@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from . import config, storage
-from .data import load_rgb
+from helpers.core import config, storage
+from helpers.data import load_rgb
 
 DPI = 150
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 import torchvision
 
-from . import config, storage
-from .models import ModelSpecError, WeightsNotFoundError
+from helpers.core import config, storage
+from helpers.core.errors import ModelSpecError, WeightsNotFoundError
+from helpers.models import registry
 
 ARCHS = ("resnet18", "resnet50", "efficientnet_b0")
 
@@ -108,3 +109,13 @@ def load_backbone(spec: str, seed: int = 0, device: torch.device | None = None) 
     sha = storage.sha256_file(weights_file(spec)) if w is not None else storage.sha256_state_dict(model.state_dict())
     model = model.float().eval().to(device or config.device())
     return Backbone(spec, model, dim, sha, "pretrained" if w is not None else "untrained")
+
+
+def _url(spec: str) -> str | None:
+    arch, weights = parse(spec)
+    return weights_enum(arch, weights).url if weights else None
+
+
+registry.register(registry.ModelKind(
+    "torchvision", f"torchvision:<arch>[@DEFAULT|@<weights>] (ImageNet backbones: {', '.join(ARCHS)})",
+    lambda body: parse(f"torchvision:{body}"), missing=missing_weights, url=_url))

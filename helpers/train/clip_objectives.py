@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from clip.model import CLIP, ModifiedResNet
 
-from . import prompts, zeroshot
+from helpers.data import prompts
+from helpers.eval import zeroshot
 
 OBJECTIVES = ("ML", "CS", "FLYP", "LP-FT")
 

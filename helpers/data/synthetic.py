@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import config, storage
-from .data import Samples, load_captions_csv, load_image_folder
+from helpers.core import config, storage
+from helpers.data import Samples, load_captions_csv, load_image_folder
 
 # folder name -> (class name, colour RGB, shape, texture)
 CLASSES = {

@@ -23,25 +23,20 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import (
-    backbones,
-    clip_experiments,
-    config,
-    data,
-    finetune,
-    models,
-    plots,
-    records,
-    storage,
-    transforms,
-    upsamplers,
-    zeroshot,
-)
-from .data import Samples
-from .experiments import Outcome, _kshot_rows, _save, _slug, _train_config, encode
-from .profiles import Profile
+from helpers import data, models
+from helpers.core import config, storage
+from helpers.data import Samples, transforms
+from helpers.eval import metrics, zeroshot
+from helpers.eval.probes import kshot_rows
+from helpers.experiments import Experiment, clip_finetune
+from helpers.experiments.common import Outcome, encode, save_stamped, slug, train_config
+from helpers.models import backbones, upsamplers
+from helpers.profiles import Profile
+from helpers.results import plots, records
+from helpers.train import super_resolution, supervised
 
-EXPERIMENT = "03_upsampling"
+EXPERIMENT = Experiment("03_upsampling", "03 — Upsampling before the model: interpolation, SRGAN, learned SR",
+                        section="upsampling")
 
 
 def load_pixels(samples: Samples, threads: int | None = None) -> torch.Tensor:
@@ -73,9 +68,9 @@ def build(P: Profile, s: dict, splits: dict[str, Samples], progress: bool = True
             out[f"srgan-x{net_scale}"] = upsamplers.NetworkUpsampler(
                 f"srgan-x{net_scale}", net, net_scale, {"weights": str(path), "trained_on": "VOC2012 subset (natural photos)"})
         elif name == "learned":
-            cfg = _train_config(s["learned"]["train"], P.seed)
+            cfg = train_config(s["learned"]["train"], P.seed)
             high = {k: load_pixels(splits[k]) for k in ("train", "val")}
-            out[f"learned-x{net_scale}"] = upsamplers.train_learned(
+            out[f"learned-x{net_scale}"] = super_resolution.train_learned(
                 high["train"], high["val"], net_scale, cfg, int(s["learned"]["train"].get("batch_size", 64)),
                 progress=progress, seed=P.seed)
         else:
@@ -90,7 +85,7 @@ def restored(samples: Samples, upsampler, factor: int, target: int, high: torch.
     card = {"upsampler": upsampler.card(), "factor": factor, "target": target,
             "downscale": "PIL bicubic (antialiased)" if factor > 1 else None}
     key = storage.sha256_json({**card, "data": samples.fingerprint()})[:16]
-    root = config.cache_dir() / "upsampled" / f"{_slug(samples.name, samples.split, upsampler.name)}-{key}"
+    root = config.cache_dir() / "upsampled" / f"{slug(samples.name, samples.split, upsampler.name)}-{key}"
     names = [f"{i:06d}.png" for i in range(len(samples))]
     if not _valid(root, names):
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -123,15 +118,6 @@ def _valid(root: Path, names: list[str]) -> bool:
         return False
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-    """Per-image SSIM (scikit-image, Wang et al. 2004 settings: Gaussian window sigma 1.5) on [0, 1] RGB."""
-    from skimage.metrics import structural_similarity
-
-    return np.array([structural_similarity(p.numpy(), t.numpy(), channel_axis=0, data_range=1.0,
-                                           gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-                     for p, t in zip(pred.float(), target.float(), strict=True)])
-
-
 def quality(ups: dict, high: torch.Tensor, factor: int) -> pd.DataFrame:
     """PSNR and SSIM (mean, and 95% CI of the mean over images) of each upsampler restoring ``high``."""
     low = upsamplers.downscale(high, factor)
@@ -139,7 +125,7 @@ def quality(ups: dict, high: torch.Tensor, factor: int) -> pd.DataFrame:
     rows = []
     for name, up in ups.items():
         pred = up(low, tuple(high.shape[-2:]))
-        p, q = upsamplers.psnr(pred, ref).numpy(), ssim(pred, ref)
+        p, q = metrics.psnr(pred, ref).numpy(), metrics.ssim(pred, ref)
         rows.append({"upsampler": name, "psnr": float(p.mean()), "psnr_ci95": float(1.96 * p.std(ddof=1) / np.sqrt(len(p))),
                      "ssim": float(q.mean()), "ssim_ci95": float(1.96 * q.std(ddof=1) / np.sqrt(len(q))), "n": len(p)})
     return pd.DataFrame(rows)
@@ -186,19 +172,20 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
         qt = quality(ups, high_test[q_idx], qf)
         extra["quality"] = qt
         figs["crops"] = crops_figure(ups, high_test[q_idx], qf, seed=P.seed)
-        saved = [_save(figs["crops"], P, _slug("03_upsampling", test.name, f"crops-x{qf}"), "", False)]
+        saved = [save_stamped(figs["crops"], P, slug("03_upsampling", test.name, f"crops-x{qf}"), "", False)]
         for row in qt.to_dict("records"):
             recs.append(records.make_record(
-                EXPERIMENT, {k: row[k] for k in ("psnr", "psnr_ci95", "ssim", "ssim_ci95", "n")},
+                EXPERIMENT.id, {k: row[k] for k in ("psnr", "psnr_ci95", "ssim", "ssim_ci95", "n")},
                 dataset=q_samples.card(), model={"spec": row["upsampler"], "status": "n/a", **ups[row["upsampler"]].card()},
                 profile=P.name, variant=f"quality|{row['upsampler']}|x{qf}", seeds=[P.seed], wall_time_s=timer.seconds,
                 figures=saved, protocol={**base_protocol, "task": f"restore {qf}x-downscaled test images",
-                                         "metrics": "PSNR (dB, peak 1.0) and SSIM (skimage, gaussian sigma 1.5)"}))
+                                         "metrics": "PSNR (dB, peak 1.0) and SSIM (skimage, gaussian sigma 1.5)"},
+                facets={"task": "quality", "upsampler": row["upsampler"], "factor": qf}))
 
     rows = []
     pixels = {k: (high_test if k == "test" else None) for k in ("train", "val", "test")}
     for spec in s.get("clip_models", []):
-        spec = clip_experiments.checkpoint_spec(P, splits, spec, progress)
+        spec = clip_finetune.checkpoint_spec(P, splits, spec, progress)
         loaded = models.load_model(spec)
         target = int(s.get("target_size") or loaded.resolution)
         for name, up in ups.items():
@@ -206,14 +193,15 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
             r = {k: restored(splits[k], up, factor, target, pixels[k]) for k in ("train", "val", "test")}
             f = {k: encode(P, loaded, r[k]) for k in r}
             zs = zeroshot.evaluate(loaded, f["test"].features, f["test"].labels, test.classnames, s["templates"])["metrics"]
-            probe = _kshot_rows(f["train"], f["val"], f["test"], test.num_classes, ["all"], [P.seed],
+            probe = kshot_rows(f["train"], f["val"], f["test"], test.num_classes, ["all"], [P.seed],
                                 max_iter=int(s.get("probe_max_iter", 1000)))[0]
             for head, m, extra_protocol in (("zero-shot", zs, {"templates": s["templates"]}),
                                             ("linear probe", probe["metrics"], {"C": probe["C"], "probe": "all train, C on val, refit train+val"})):
                 recs.append(records.make_record(
-                    EXPERIMENT, m, dataset=r["test"].card(), model=loaded.card(), profile=P.name,
+                    EXPERIMENT.id, m, dataset=r["test"].card(), model=loaded.card(), profile=P.name,
                     variant=f"{head}|{name}|x{factor}|{target}px", seeds=[P.seed], wall_time_s=t.seconds,
-                    protocol={**base_protocol, "head": head, "upsampler": name, "target": target, **extra_protocol}))
+                    protocol={**base_protocol, "head": head, "upsampler": name, "target": target, **extra_protocol},
+                    facets={"head": head, "upsampler": name, "factor": factor, "size": target}))
                 rows.append({"model": spec, "upsampler": name, "head": head, "top1": m["top1"], "untrained": not loaded.trained})
 
     c = s.get("classifier")
@@ -223,22 +211,23 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
             up, t = ups[name], records.Timer()
             r = {k: restored(splits[k], up, factor, size, pixels[k]) for k in ("train", "val", "test")}
             net = backbones.load_backbone(c["backbone"], seed=P.seed).classifier(test.num_classes)
-            cfg = _train_config(c["train"], P.seed)
+            cfg = train_config(c["train"], P.seed)
             batch = int(c["train"].get("batch_size", 128))
             train_tf, train_card = transforms.image_transform(size, "bicubic", train=True, aerial=bool(c.get("aerial", True)))
             eval_tf, _ = transforms.image_transform(size, "bicubic")
             run_card = {"spec": c["backbone"], "upsampler": up.card(), "data": r["train"].fingerprint(), "transform": train_card}
-            ft = finetune.train_classifier(net, r, train_tf, eval_tf, cfg, batch, run_card, progress=progress)
+            ft = supervised.train_classifier(net, r, train_tf, eval_tf, cfg, batch, run_card, progress=progress)
             bb = backbones.load_backbone(c["backbone"], seed=P.seed)
             status = "fine-tuned" if bb.trained else "trained from scratch"
             recs.append(records.make_record(
-                EXPERIMENT, {**ft.test_metrics, "best_val_top1": ft.result.best_metric}, dataset=r["test"].card(),
+                EXPERIMENT.id, {**ft.test_metrics, "best_val_top1": ft.result.best_metric}, dataset=r["test"].card(),
                 model={**bb.card(), "status": status}, profile=P.name, variant=f"classifier|{name}|x{factor}|{size}px",
                 seeds=[P.seed], wall_time_s=t.seconds,
                 protocol={**base_protocol, "head": f"classifier ({status})", "upsampler": name, "input_size": size,
                           "train": cfg.card(), "batch_size": batch, "train_transform": train_card,
                           "epochs_run": len(ft.result.history), "best_epoch": ft.result.best_epoch,
-                          "train_seconds": ft.result.seconds, "history": ft.result.history}))
+                          "train_seconds": ft.result.seconds, "history": ft.result.history},
+                facets={"head": "classifier", "upsampler": name, "factor": factor, "size": size}))
             rows.append({"model": c["backbone"], "upsampler": name, "head": f"classifier ({status})",
                          "top1": ft.test_metrics["top1"], "untrained": False})
 
@@ -250,7 +239,7 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
         fig = plots.grouped_bars(wide.reset_index(), "upsampler", list(wide.columns),
                                  title=f"downstream top-1 after x{factor} restoration" if factor > 1 else "downstream top-1")
         figs["downstream"] = fig
-        saved = [_save(fig, P, _slug("03_upsampling", test.name, f"downstream-x{factor}"), ", ".join(untrained_cols),
+        saved = [save_stamped(fig, P, slug("03_upsampling", test.name, f"downstream-x{factor}"), ", ".join(untrained_cols),
                        bool(untrained_cols))]
         for rec in recs:
             if not rec["variant"].startswith("quality"):

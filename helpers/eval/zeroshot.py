@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import features, prompts
+from helpers.data import prompts
+from helpers.eval import features
 
 
 def text_classifier(loaded, classnames: list[str], templates) -> torch.Tensor:
@@ -29,7 +30,7 @@ def logits(image_features: torch.Tensor, classifier: torch.Tensor, scale: float 
 
 def evaluate(loaded, image_features: torch.Tensor, labels, classnames: list[str], templates) -> dict:
     """Zero-shot logits and metrics of ``image_features`` against the prompts of ``classnames``."""
-    from . import metrics
+    from helpers.eval import metrics
 
     classifier = text_classifier(loaded, classnames, templates)
     out = logits(image_features, classifier, logit_scale(loaded))

@@ -1,0 +1,2 @@
+"""Layer 0: where things live and how they run (config), atomic writes and hashes (storage),
+torchrun helpers (distributed), and every error class (errors). Imports nothing else of helpers."""

@@ -1,0 +1,21 @@
+"""Layer 2, models by spec: one grammar for every kind (registry), CLIP checkpoints (clip_models:
+``openai:``, ``file:``, ``scratch:``), ImageNet backbones (backbones: ``torchvision:``),
+super-resolution networks (upsamplers). The names below are the ones the rest of the lab uses."""
+
+from helpers.core.errors import ModelSpecError, WeightsNotFoundError
+from helpers.models import backbones as _torchvision_kind  # noqa: F401 (registers torchvision:)
+from helpers.models.clip_models import (
+    SCRATCH_CONFIGS,
+    LoadedModel,
+    is_torchscript_archive,
+    load_model,
+    openai_weights_path,
+    parse_scratch,
+    save_openai_state_dict,
+    save_torchscript_archive,
+)
+from helpers.models.registry import KINDS, download_url, missing_weights, parse
+
+__all__ = ["KINDS", "parse", "LoadedModel", "ModelSpecError", "SCRATCH_CONFIGS", "WeightsNotFoundError", "download_url",
+           "is_torchscript_archive", "load_model", "missing_weights", "openai_weights_path", "parse_scratch",
+           "save_openai_state_dict", "save_torchscript_archive"]
