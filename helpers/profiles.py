@@ -18,7 +18,7 @@ import yaml
 from helpers import data, models, settings
 from helpers.core import config
 from helpers.core.errors import ProfileError  # noqa: F401 (re-exported)
-from helpers.data import synthetic
+from helpers.data import cards
 
 PROFILES_DIR = config.PROJECT_ROOT / "profiles"
 
@@ -48,7 +48,7 @@ class Profile:
 
     @property
     def seed(self) -> int:
-        return int(self.settings["dataset"].get("seed", 0))
+        return self.config.dataset.seed
 
     def weight_specs(self) -> list[str]:
         """Every model spec the profile's notebooks load (CLIP models and ImageNet backbones)."""
@@ -60,19 +60,13 @@ class Profile:
         return list(dict.fromkeys(specs))
 
     def dataset(self) -> dict[str, data.Samples]:
-        """{"train", "val", "test"} of the profile's dataset (the split protocol is in each card)."""
-        ds = self.settings["dataset"]
-        kind = ds["kind"]
-        val_fraction, seed = float(ds.get("val_fraction", 0.1)), int(ds.get("seed", 0))
-        if kind == "synthetic":
-            return synthetic.load_synthetic(val_fraction=val_fraction, seed=seed)
-        if kind == "eurosat":
-            return data.load_eurosat(ds.get("root"), download=bool(ds.get("download")),
-                                     val_fraction=val_fraction, seed=seed, classnames=ds.get("classnames"))
-        if kind == "folder":
-            return data.load_image_folder(ds["root"], name=ds.get("name"), classnames=ds.get("classnames"),
-                                          val_fraction=val_fraction, seed=seed)
-        raise ProfileError(f"profile {self.name}: dataset kind {kind!r} is not synthetic, eurosat or folder")
+        """The splits of the profile's dataset card (train/val/test, or the ones it has; each split's
+        card states how it was made)."""
+        return cards.load_splits(self.config.dataset)
+
+    def extra_datasets(self) -> list[data.Samples]:
+        """The test split of every extra dataset card (zero-shot needs no training images)."""
+        return [cards.load_splits(c)["test"] for c in self.config.extra_datasets]
 
     def card(self) -> dict:
         return {"name": self.name, **self.settings}
@@ -80,22 +74,20 @@ class Profile:
     def preflight(self) -> list[str]:
         """What this profile needs and this machine lacks (dataset folder, weights), each with a fix."""
         problems = []
-        ds = self.settings["dataset"]
-        if ds["kind"] == "eurosat":
-            root = Path(ds["root"]).expanduser() if ds.get("root") else data.eurosat_root()
-            if not root.exists():
-                if not ds.get("download"):
-                    problems.append(f"EuroSAT is not at {root}: put it there or set CLIPLAB_DATA to the "
-                                    "folder that holds eurosat_rgb/")
-                elif not _reachable(EUROSAT_URL):
-                    problems.append(f"EuroSAT is not at {root} and its download host ({_host(EUROSAT_URL)}) "
-                                    "cannot be reached: copy the dataset there or set CLIPLAB_DATA")
-        elif ds["kind"] == "folder" and not Path(ds["root"]).expanduser().is_dir():
-            problems.append(f"dataset folder {ds['root']} does not exist")
-        for item in self.get("extra_datasets") or []:
-            root = item["root"] if isinstance(item, dict) else item
-            if not Path(root).expanduser().is_dir():
-                problems.append(f"extra_datasets: folder {root} does not exist")
+        for card in [self.config.dataset, *self.config.extra_datasets]:
+            root = card.resolved_root()
+            if card.kind == "eurosat":
+                root = root or data.eurosat_root()
+                if not root.exists():
+                    if not card.download:
+                        problems.append(f"EuroSAT is not at {root}: put it there or set CLIPLAB_DATA to the "
+                                        "folder that holds eurosat_rgb/")
+                    elif not _reachable(EUROSAT_URL):
+                        problems.append(f"EuroSAT is not at {root} and its download host ({_host(EUROSAT_URL)}) "
+                                        "cannot be reached: copy the dataset there or set CLIPLAB_DATA")
+            elif root is not None and not root.exists():
+                problems.append(f"dataset {card.label()}: {root} does not exist"
+                                + (f" (root in {card.source})" if card.source else ""))
         for spec in self.weight_specs():
             why = models.missing_weights(spec)
             kind, _, body = spec.partition(":")
@@ -175,11 +167,14 @@ def resolve(name_or_path: str | None = None) -> tuple[str, Path]:
     return name_or_path, path
 
 
-def load(name: str | None = None, overrides: dict | None = None, **sections) -> Profile:
+def load(name: str | None = None, overrides: dict | None = None, dataset: str | dict | None = None,
+         **sections) -> Profile:
     """The profile ``name`` (a bundled name or a YAML path; default ``$CLIPLAB_PROFILE``, else smoke),
     validated against :mod:`helpers.settings` after applying ``overrides`` (``{"dotted.key": value}``)
     and ``sections`` (``section=mapping``: merged into that section; ``None`` leaves it as it is, so a
-    notebook's unset parameter changes nothing). Raises :class:`settings.ConfigError` naming any bad key."""
+    notebook's unset parameter changes nothing). ``dataset`` (a folder, a card file or name, or a card
+    mapping) replaces the profile's dataset before the overrides apply, so ``dataset.*`` overrides
+    refine it. Raises :class:`settings.ConfigError` naming any bad key."""
     name, path = resolve(name)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -188,9 +183,17 @@ def load(name: str | None = None, overrides: dict | None = None, **sections) -> 
     raw = raw if raw is not None else {}
     if not isinstance(raw, dict):
         raise settings.ConfigError(f"{path}: a profile is a YAML mapping of keys, got {type(raw).__name__}")
+    try:  # a dataset given as a folder or card name becomes its card, so dotted overrides refine it
+        if raw.get("dataset") is not None:
+            raw["dataset"] = cards.expand(raw["dataset"])
+        dotted = _dotted(overrides)
+        if dataset is not None or isinstance(dotted.get("dataset"), str | dict):
+            raw["dataset"] = cards.expand(dataset if dataset is not None else dotted.pop("dataset"))
+    except data.DatasetError as e:
+        raise settings.ConfigError(f"profile {name}: dataset: {e}") from None
     raw = settings.apply_overrides(raw, {k: v for k, v in sections.items() if v is not None})
-    raw = settings.apply_overrides(raw, _dotted(overrides))
-    validated = settings.validate(raw, f"profile {name} ({path.name})" + (" with overrides" if overrides or any(
+    raw = settings.apply_overrides(raw, dotted)
+    validated = settings.validate(raw, f"profile {name} ({path.name})" + (" with overrides" if overrides or dataset or any(
         v is not None for v in sections.values()) else ""))
     return Profile(name, validated.model_dump(), validated, path)
 

@@ -22,9 +22,14 @@ from helpers.eval import probes
 from helpers.results import records
 
 
-def comparison_table(recs: list[dict]) -> pd.DataFrame:
-    """CLIP and ImageNet models side by side on the main test split: test top-1 (mean over seeds) of
-    each regime an experiment declares (``Experiment.comparison``), from the newest record of each result."""
+def comparison_table(recs: list[dict], dataset: str | None = None) -> pd.DataFrame:
+    """CLIP and ImageNet models side by side on one dataset's test split (``dataset``; None: every
+    record must be of one dataset): test top-1 (mean over seeds) of each regime an experiment declares
+    (``Experiment.comparison``), from the newest record of each result. Datasets are never averaged."""
+    recs = [r for r in recs if dataset is None or r.get("dataset", {}).get("name") == dataset]
+    names = {r.get("dataset", {}).get("name") for r in recs}
+    if len(names) > 1:
+        raise ValueError(f"comparison_table: records of several datasets {sorted(map(str, names))}; name one")
     registry = experiments.by_id()
     columns = list(dict.fromkeys(c for e in registry.values() for c in e.comparison_columns))
     cells: dict[tuple[str, str], list[float]] = {}
@@ -100,10 +105,14 @@ def sections(profile: str) -> list[tuple[str, object]]:
     if not all_recs:
         blocks.append(("p", "No records yet: run the suite first."))
         return blocks
-    blocks += [("h2", "Side by side: CLIP and ImageNet features"),
-               ("p", "Test top-1 of each model under each regime, from the records of notebooks 01, 04, 05 "
-                     "(and fine-tuning notebooks once they have run); k-shot cells are means over seeds."),
-               ("table", comparison_table(all_recs))]
+    datasets = list(dict.fromkeys(r.get("dataset", {}).get("name") for r in all_recs if "key" in r))
+    for name in datasets:
+        side = comparison_table(all_recs, name)
+        if len(side.columns) > 1 and not side.empty:
+            blocks += [("h2", f"Side by side on {name}: CLIP and ImageNet features"),
+                       ("p", f"Test top-1 on {name} of each model under each regime, from the records of every "
+                             "experiment that declares a comparison column; k-shot cells are means over seeds."),
+                       ("table", side)]
     latest = records.records_table(all_recs)
     keys = set(latest["key"]) if "key" in latest else set()
     by_exp: dict[str, list[dict]] = {}

@@ -28,7 +28,12 @@ from pydantic import (
     model_validator,
 )
 
-from helpers.core.errors import ConfigError  # noqa: F401 (re-exported)
+from helpers.core.errors import (
+    ConfigError,  # noqa: F401 (re-exported)
+    DatasetError,
+)
+from helpers.data import cards
+from helpers.data.cards import DatasetCard
 
 
 class Section(BaseModel):
@@ -92,36 +97,15 @@ class ClassifierTrain(Train):
     batch_size: PosInt = Field(128, description="images per step")
 
 
-class Dataset(Section):
-    kind: Literal["synthetic", "eurosat", "folder"] = Field("synthetic", description="which loader")
-    root: str | None = Field(None, description="dataset folder (folder: required; eurosat: default $CLIPLAB_DATA/eurosat_rgb)")
-    name: str | None = Field(None, description="name in records (default: the folder's)")
-    download: bool = Field(False, description="eurosat: download with torchvision when absent")
-    val_fraction: Fraction = Field(0.1, description="share of train held out for validation (stratified)")
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of splits, probes and training")
-    classnames: dict[str, str] | list[str] | None = Field(None, description="readable class names (map folder->name, or a list)")
-
-    @model_validator(mode="after")
-    def _folder_needs_root(self):
-        if self.kind == "folder" and not self.root:
-            raise ValueError("dataset.kind 'folder' needs dataset.root (the folder holding the class folders)")
-        return self
-
-
-class ExtraDataset(Section):
-    root: str = Field(description="an image folder (<root>/<class>/* or with train/test sub-folders)")
-    name: str | None = Field(None, description="name in records")
-
-
 class PromptValidation(Section):
     classname_variants: list[Literal["folder", "readable"]] = Field(["folder", "readable"], min_length=1)
-    template_sets: list[str] = Field(["plain", "centered-satellite"], min_length=1,
-                                     description="template sets compared on val")
+    template_sets: list[str] | None = Field(None, min_length=1, description="template sets compared on val "
+                                            "(default: the dataset card's, else its templates, photo, plain, generic-ensemble)")
 
     @field_validator("template_sets")
     @classmethod
     def _known(cls, v):
-        for t in v:
+        for t in v or []:
             _check_templates(t)
         return v
 
@@ -155,7 +139,9 @@ class WiseFT(Section):
 
 
 class Retrieval(Section):
-    captions: str = Field(description="'synthetic' or a captions CSV (image,caption)")
+    captions: str = Field(description="'synthetic', a captions CSV (image,caption) or a Karpathy-style JSON")
+    images: str | None = Field(None, description="folder of the captions' images (default: beside the file, "
+                                                 "or its images/ sub-folder)")
     start: str = Field("CS", description="objective whose checkpoint retrieval starts from")
     freeze: str = "unfreeze"
     aerial: bool = False
@@ -170,8 +156,9 @@ class ClipFinetune(Section):
     freeze: str = Field("unfreeze", description="unfreeze | 'vision-freeze N' | mix-freeze")
     freeze_text: bool = Field(False, description="freeze the whole text tower")
     head_init: Literal["zero-shot", "random"] = Field("zero-shot", description="ML head start")
-    templates: Templates = Field("openai-eurosat", description="evaluation templates (val, test, zero-shot)")
-    train_templates: Templates | None = Field(None, description="templates sampled in training (default: templates)")
+    templates: Templates | None = Field(None, description="evaluation templates (val, test, zero-shot); default: templates")
+    train_templates: Templates | None = Field(None, description="templates sampled in training (default: the dataset "
+                                                                "card's train_templates, else templates)")
     interpolation: Literal["nearest", "bilinear", "bicubic"] = "bicubic"
     aerial: bool = True
     color_jitter: Annotated[float, Field(ge=0)] = 0.0
@@ -203,12 +190,12 @@ class Proxy(Section):
     expert: ModelSpec = Field("06:CS", description="'06:<objective>[:<model spec>]' or any model spec")
     anti_expert: ModelSpec = Field("scratch:tiny-rn", description="the expert before tuning")
     base: ModelSpec = Field("scratch:tiny-vit", description="the large model steered")
-    templates: Templates = "openai-eurosat"
+    templates: Templates | None = Field(None, description="default: templates")
     alphas: list[Annotated[float, Field(ge=0)]] = Field([0, 0.5, 1, 2], min_length=1)
     spaces: list[Literal["logits", "logprobs"]] = Field(["logits"], min_length=1)
     match_temperature: list[bool] = Field([False], min_length=1)
 
-    _t = field_validator("templates")(classmethod(lambda cls, v: _check_templates(v)))
+    _t = field_validator("templates")(classmethod(lambda cls, v: v if v is None else _check_templates(v)))
 
 
 class UpsamplerTrain(Section):
@@ -233,12 +220,12 @@ class Upsampling(Section):
     learned: UpsamplerTrain = Field(default_factory=UpsamplerTrain)
     n_quality: PosInt = Field(500, description="test images whose PSNR/SSIM is measured")
     clip_models: list[ModelSpec] = []
-    templates: Templates = "centered-satellite"
+    templates: Templates | None = Field(None, description="default: templates")
     probe_max_iter: PosInt = 1000
     classifier: UpsamplingClassifier | None = Field(None, description="a classifier per upsampler; null: off")
 
     _off = field_validator("classifier", mode="before")(classmethod(lambda cls, v: _off(v)))
-    _t = field_validator("templates")(classmethod(lambda cls, v: _check_templates(v)))
+    _t = field_validator("templates")(classmethod(lambda cls, v: v if v is None else _check_templates(v)))
 
 
 class Settings(Section):
@@ -247,11 +234,15 @@ class Settings(Section):
     07 proxy."""
 
     description: str = ""
-    dataset: Dataset = Field(default_factory=Dataset)
+    dataset: DatasetCard = Field(default_factory=lambda: DatasetCard(kind="synthetic"),
+                                 description="the dataset every notebook uses: a folder, a card (.yaml or a bundled "
+                                             "name: " + ", ".join(cards.available()) + ") or a card mapping")
     models: list[ModelSpec] = Field(["scratch:tiny-vit"], min_length=1, description="CLIP models compared")
-    templates: Templates = Field("centered-satellite", description="zero-shot templates (a set name or a list)")
+    templates: Templates | None = Field(None, description="zero-shot templates (a set name or a list); default: the "
+                                                          "dataset card's, else photo")
     batch_size: PosInt = Field(64, description="images per encoding batch")
-    extra_datasets: list[str | ExtraDataset] = Field([], description="more test folders for 01")
+    extra_datasets: list[DatasetCard] = Field([], description="more datasets to evaluate zero-shot (01): folders, "
+                                                              "cards or card mappings")
     prompt_validation: PromptValidation = Field(default_factory=PromptValidation)
     grid_images: PosInt = 8
     few_shot: FewShot = Field(default_factory=FewShot)
@@ -260,14 +251,43 @@ class Settings(Section):
     proxy: Proxy = Field(default_factory=Proxy)
     upsampling: Upsampling = Field(default_factory=Upsampling)
 
-    _t = field_validator("templates")(classmethod(lambda cls, v: _check_templates(v)))
+    _t = field_validator("templates")(classmethod(lambda cls, v: v if v is None else _check_templates(v)))
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _card(cls, v):
+        return _expand_card(v)
 
     @field_validator("extra_datasets", mode="before")
     @classmethod
     def _list(cls, v):
         if isinstance(v, str | dict):
-            raise ValueError("extra_datasets is a list: write [<folder>] or [{root: <folder>, name: <name>}]")
-        return v
+            raise ValueError("extra_datasets is a list: write [<folder or card>] or [{root: <folder>, name: <name>}]")
+        return [_expand_card(item) for item in v or []]
+
+    @model_validator(mode="after")
+    def _inherit_templates(self):
+        """Templates not set in a section come from the top level, which comes from the dataset card
+        (a bird photo is not prompted as a satellite photo)."""
+        card = self.dataset
+        self.templates = self.templates or card.templates or "photo"
+        self.clip_finetune.templates = self.clip_finetune.templates or self.templates
+        self.clip_finetune.train_templates = (self.clip_finetune.train_templates or card.train_templates
+                                              or self.clip_finetune.templates)
+        self.proxy.templates = self.proxy.templates or self.templates
+        self.upsampling.templates = self.upsampling.templates or self.templates
+        if self.prompt_validation.template_sets is None:
+            own = [self.templates] if isinstance(self.templates, str) else []
+            sets = card.template_sets or [*own, "photo", "plain", "generic-ensemble"]
+            self.prompt_validation.template_sets = list(dict.fromkeys(sets))
+        return self
+
+
+def _expand_card(value):
+    try:
+        return cards.expand(value)
+    except DatasetError as e:
+        raise ValueError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------- overrides

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from helpers import profiles, report, settings
+from helpers import experiments, profiles, report, settings
 from helpers.core import config
+from helpers.core.errors import DatasetError
 
 NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
 
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.suite", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default=config.profile_name(),
                     help=f"a bundled profile ({', '.join(profiles.available())}) or the path of your own YAML")
+    ap.add_argument("--dataset", default=None, metavar="PATH",
+                    help="the dataset of every notebook: a folder in any supported layout, a card (.yaml) or a "
+                         "bundled card name; the same as -p dataset=PATH")
     ap.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,02")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting by dotted key with a YAML value, repeatable: -p clip_finetune.train.epochs=3")
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # the whole configuration is validated before anything starts
         params = parse_params(args.param)
-        profile = profiles.load(args.profile, params)
+        profile = profiles.load(args.profile, params, dataset=args.dataset)
         selected = notebooks(args.only.split(",") if args.only else None)
     except settings.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -121,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(offline_message(profile.name, problems), file=sys.stderr)
         return 2
+    try:  # the dataset's layout, classes and splits are checked once, before any notebook starts
+        splits = profile.dataset()
+    except (DatasetError, OSError) as e:
+        print(f"error: dataset {profile.config.dataset.label()}: {e}", file=sys.stderr)
+        return 2
+    registry = experiments.by_id()
+    skipped = {p.stem: registry[p.stem].lacks(splits) for p in selected if p.stem in registry}
+    skipped = {k: v for k, v in skipped.items() if v}
+    for stem, lacking in skipped.items():
+        print(f"skip   {stem}: dataset {profile.config.dataset.label()} has no {' / '.join(lacking)} split "
+              f"(it has {', '.join(splits)})", file=sys.stderr)
+    selected = [p for p in selected if p.stem not in skipped]
     out_dir = (args.out or config.output_root() / "runs") / profile.name
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ["CLIPLAB_PROFILE"] = str(profile.path) if profile.path.parent != profiles.PROFILES_DIR else profile.name
@@ -129,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(selected, desc=f"suite [{profile.name}]", unit="notebook")
     for path in bar:
         bar.set_postfix_str(path.stem)
-        run = run_notebook(path, out_dir, {"profile": args.profile, "overrides": params})
+        run = run_notebook(path, out_dir, {"profile": args.profile, "dataset": args.dataset, "overrides": params})
         runs.append(run)
         bar.write(f"{'ok    ' if run.ok else 'FAILED'} {path.stem} ({run.seconds:.1f} s){'' if run.ok else ': ' + run.error}")
     bar.close()

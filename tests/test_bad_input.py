@@ -92,7 +92,7 @@ def test_bad_image_through_encode_dataset_caches_nothing(tmp_path, bad_files):
     for cls in ("a", "b"):
         _good_jpeg(root / cls / "0.jpg")
     (root / "b" / "1.jpg").write_bytes(bad_files["truncated"].read_bytes())
-    paths, labels, classes = data.scan_class_folders(root)
+    paths, labels, classes, _ = data.scan_class_folders(root)
     samples = data.Samples("ds", root, "class-folders", "all", paths, labels, classes, classes)
     calls = []
 

@@ -89,7 +89,7 @@ def test_real_eurosat_classes_counts_and_names(real_splits, eurosat_root):
     for split, s in real_splits.items():
         assert s.classes == EUROSAT_CLASSES, split
         assert s.classnames == [EUROSAT_CLASSNAMES[c] for c in EUROSAT_CLASSES]
-        assert s.layout == "train-test-folders"
+        assert s.layout == "split-folders"
         assert s.name == "eurosat"
         assert s.split == split
     test = real_splits["test"]
@@ -105,7 +105,8 @@ def test_real_eurosat_classes_counts_and_names(real_splits, eurosat_root):
     assert val.split_protocol["val_fraction"] == pytest.approx(0.1)
     assert val.split_protocol["seed"] == 0
     assert train.split_protocol == val.split_protocol
-    assert test.split_protocol == {"source": "layout folder test/"}
+    assert test.split_protocol["source"] == "split folder test/"
+    assert test.split_protocol["classnames_from"] == "the dataset's own names"
     # where the files come from, and no image in two splits
     for s in (train, val):
         assert all(Path(p).parent.parent == eurosat_root.resolve() / "train" for p in s.paths)
@@ -122,7 +123,7 @@ def test_real_eurosat_labels_match_folders_and_cards(real_splits):
     card = real_splits["val"].card()
     assert card["n_images"] == 2200
     assert card["counts"]["Pasture"] == 150
-    assert card["layout"] == "train-test-folders"
+    assert card["layout"] == "split-folders"
     assert len(card["fingerprint"]) == 64
     assert real_splits["train"].fingerprint() != real_splits["val"].fingerprint()
 
@@ -194,7 +195,7 @@ def test_torchvision_layout_gets_deterministic_stratified_split(tmp_path, eurosa
 
 def test_torchvision_layout_too_small_for_split_is_a_dataset_error(tmp_path, eurosat_jpegs):
     _write_class_folders(tmp_path / "2750", {c: f[:2] for c, f in eurosat_jpegs.items()})
-    with pytest.raises(DatasetError, match="stratified"):
+    with pytest.raises(DatasetError, match=r"cannot hold out a .* need at least 2 images.*val_fraction"):
         data.load_eurosat(tmp_path)  # 20 images: a 10% val split cannot hold one image per class
 
 
@@ -227,7 +228,7 @@ def test_kaggle_csv_layout_uses_the_split_files(tmp_path, eurosat_jpegs):
         assert s.layout == "csv-splits"
         assert s.classes == EUROSAT_CLASSES
         assert s.classnames == [EUROSAT_CLASSNAMES[c] for c in EUROSAT_CLASSES]
-        assert s.split_protocol == {"source": f"split file {fname}"}
+        assert s.split_protocol["source"] == f"split file {fname}"
         _check_consistent(s)
         expected = {str((tmp_path / "EuroSAT" / cls / name).resolve()) for cls, name in listed[fname]}
         assert _paths(s) == expected
@@ -310,7 +311,9 @@ def _user_folder(root: Path, classes=("cats", "dogs", "owls"), n=10) -> Path:
 
 def test_generic_image_folder(tmp_path):
     root = _user_folder(tmp_path / "pets")
-    splits = data.load_image_folder(root)
+    with pytest.raises(DatasetError, match=r"class folders hold sub-folders \(cats/: nested.*recursive: true"):
+        data.load_image_folder(root)  # nested/ could be a class or more cats: never guessed
+    splits = data.load_image_folder(root, recursive=True)
     test, val, train = splits["test"], splits["val"], splits["train"]
     for s in splits.values():
         assert s.classes == ["cats", "dogs", "owls"]
@@ -323,9 +326,10 @@ def test_generic_image_folder(tmp_path):
     assert len(val) == 3 and set(val.counts().values()) == {1}
     assert len(train) == 21
     assert len(_paths(train) | _paths(val) | _paths(test)) == 30
-    named = data.load_image_folder(root, classnames=["a cat", "a dog", "an owl"])
+    assert test.split_protocol["skipped_files"] == 6  # notes.txt and .hidden.png of each class, listed
+    named = data.load_image_folder(root, classnames=["a cat", "a dog", "an owl"], recursive=True)
     assert named["test"].classnames == ["a cat", "a dog", "an owl"]
-    assert data.load_image_folder(root, name="mine")["test"].name == "mine"
+    assert data.load_image_folder(root, name="mine", recursive=True)["test"].name == "mine"
 
 
 def test_generic_folder_with_split_subfolders(tmp_path):
@@ -335,7 +339,7 @@ def test_generic_folder_with_split_subfolders(tmp_path):
                 _png(tmp_path / split / cls / f"{i}.png")
     splits = data.load_image_folder(tmp_path)
     assert {s: len(v) for s, v in splits.items()} == {"train": 6, "val": 6, "test": 6}
-    assert splits["val"].split_protocol == {"source": "layout folder val/"}
+    assert splits["val"].split_protocol["source"] == "split folder val/"
     assert all("/val/" in Path(p).as_posix() for p in splits["val"].paths)
 
 
@@ -349,12 +353,12 @@ def test_test_folder_lacking_a_train_class_is_an_error(tmp_path):
 
 def test_fingerprint_changes_when_an_image_changes(tmp_path):
     root = _user_folder(tmp_path / "pets")
-    before = data.load_image_folder(root)["test"]
+    before = data.load_image_folder(root, recursive=True)["test"]
     fp = before.fingerprint()
-    assert data.load_image_folder(root)["test"].fingerprint() == fp
+    assert data.load_image_folder(root, recursive=True)["test"].fingerprint() == fp
     victim = before.paths[0]
     _png(Path(victim), rgb=(1, 2, 3), size=20)
-    assert data.load_image_folder(root)["test"].fingerprint() != fp
+    assert data.load_image_folder(root, recursive=True)["test"].fingerprint() != fp
 
 
 # --------------------------------------------------------------------------------------- synthetic
@@ -458,7 +462,7 @@ def _karpathy(tmp_path: Path) -> Path:
 
 def test_captions_karpathy_json(tmp_path):
     path = _karpathy(tmp_path)
-    test = data.load_captions_karpathy(path, tmp_path / "images")
+    test = data.load_captions_karpathy(path, tmp_path / "images", split="test")
     assert [Path(p).relative_to(tmp_path / "images").as_posix() for p in test.images] == \
         ["val2014/x.jpg", "val2014/y.jpg"]
     assert test.captions == ["x one", "x two", "x three", "y one", "y two"]
@@ -537,8 +541,8 @@ def test_resolve_classnames_directly():
     assert data.resolve_classnames(classes) == classes
     assert data.resolve_classnames(classes, {"b": "bee"}) == ["a", "bee", "c"]
     assert data.resolve_classnames(classes, {"b": "bee"}, ["A", "B", "C"]) == ["A", "bee", "C"]
-    assert data.default_classnames(["Forest", "River"]) == ["forest", "river"]
-    assert data.default_classnames(["Forest", "cat"]) == ["Forest", "cat"]
+    assert data.readable_classnames(["Forest", "River"])[0] == ["forest", "river"]
+    assert data.readable_classnames(["forest", "cat"]) == (["forest", "cat"], [])
 
 
 def test_samples_reject_mismatched_lengths(tmp_path):

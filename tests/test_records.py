@@ -306,3 +306,32 @@ def test_append_line_adds_missing_newline(tmp_path):
     storage.atomic_append_line(path, '{"experiment": "b"}\n')
     assert path.read_text() == '{"experiment": "a"}\n{"experiment": "b"}\n'
     assert [r["experiment"] for r in records.read_records(tmp_path)] == ["a", "b"]
+
+
+def test_committed_records_of_the_old_shape_still_load_into_facets_tables_and_the_report(tmp_path, monkeypatch):
+    """Records written before facets existed (a variant string) keep working: facets are read from
+    the variant, the seed summary and the side-by-side table are built from them."""
+    import shutil
+
+    from helpers import report
+    from helpers.results import tables
+
+    src = Path(__file__).resolve().parents[1] / "supplementary" / "offline" / "results"
+    if not src.is_dir():
+        pytest.skip("no committed offline records")
+    out = tmp_path / "out"
+    shutil.copytree(src, out / "supplementary" / "offline" / "results")
+    monkeypatch.setenv("CLIPLAB_OUT", str(out))
+    recs = records.read_records(profile="offline")
+    old = [r for r in recs if "facets" not in r and r["experiment"] == "04_few_shot" and "seed=" in r["variant"]]
+    assert old, "the committed records include the old shape"
+    f = records.facets(old[0])
+    assert f["label"] in ("linear probe", "zero-shot-init probe") and "k" in f and isinstance(f["seed"], int)
+    summary = tables.seed_summary([r for r in recs if r["experiment"] == "04_few_shot"])
+    assert "seed" not in summary.columns and (summary["seeds"] >= 1).all()
+    side = report.comparison_table(recs, "eurosat")
+    assert "fine-tuned" in side.columns and "linear probe" in side.columns
+    resnet = side[side["model"] == "torchvision:resnet18"].iloc[0]
+    assert isinstance(resnet["fine-tuned"], float) and resnet["fine-tuned"] > 0.9  # trained, so shown
+    written = report.build("offline")
+    assert written["report.md"].is_file()

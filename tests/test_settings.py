@@ -36,7 +36,7 @@ def _suite(capsys, *args) -> tuple[int, str, str]:
     ("templates=no-such-set", "templates", "unknown template set"),
     ("models=[ViT-B/32]", "models", "<kind>:<name>"),
     ("extra_datasets=/data/folder", "extra_datasets", "extra_datasets is a list"),
-    ("dataset.kind=folder", "dataset", "needs dataset.root"),
+    ("dataset.kind=folder", "dataset", "a folder dataset needs root"),
     ("baselines.finetune=[torchvision:resnet50]", "baselines", "not in baselines.backbones"),
 ])
 def test_a_bad_setting_exits_2_naming_the_key_before_any_work(capsys, tmp_path, param, named, expected):
@@ -126,5 +126,5 @@ def test_notebooks_take_the_same_overrides_parameter():
         params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(params) == 1, path.name
         names = {line.split("=")[0].strip() for line in "".join(params[0]["source"]).splitlines() if "=" in line}
-        assert names == {"profile", "overrides"}, (path.name, names)
-        assert any("profiles.load(profile, overrides)" in "".join(c["source"]) for c in cells), path.name
+        assert names == {"profile", "dataset", "overrides"}, (path.name, names)
+        assert any("profiles.load(profile, overrides, dataset=dataset)" in "".join(c["source"]) for c in cells), path.name

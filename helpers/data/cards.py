@@ -103,11 +103,17 @@ def available() -> list[str]:
 
 
 def expand(value) -> dict:
-    """A profile's ``dataset`` value as a card mapping: a mapping as it is; a bundled card name or a
-    ``.yaml`` path -> that card file; any other string -> a ``folder`` card of that path."""
+    """A profile's ``dataset`` value as a card mapping: a mapping as it is (``card: <name or file>``
+    in it starts from that card); a bundled card name or a ``.yaml`` path -> that card file; any other
+    string -> a ``folder`` card of that path."""
     if value is None:
         return {}
+    if isinstance(value, DatasetCard):
+        return value.model_dump()
     if isinstance(value, dict):
+        if "card" in value:  # {card: eurosat, download: true}: a card with some keys changed
+            base = expand(value["card"])
+            return {**base, **{k: v for k, v in value.items() if k != "card"}}
         return dict(value)
     if not isinstance(value, str):
         raise DatasetError(f"dataset: give a folder, a card (.yaml) or a mapping, not {type(value).__name__}")
@@ -144,3 +150,29 @@ def read_classnames(value, source: str | None):
     if path.suffix == ".txt":
         return [line.strip() for line in text.splitlines() if line.strip()]
     return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
+def load_splits(card: DatasetCard) -> dict:
+    """The card's dataset as ``{"train", "val", "test"}`` :class:`Samples` (the splits it has; a
+    ``test_fraction: 1`` card has only ``test``). Every decision is in each split's card."""
+    from helpers.data import eurosat, layouts, synthetic
+
+    names = read_classnames(card.classnames, card.source)
+    common = {"val_fraction": card.val_fraction, "seed": card.seed, "classnames": names}
+    if card.kind == "synthetic":
+        splits = synthetic.load_synthetic(**common)
+    elif card.kind == "eurosat":
+        splits = eurosat.load_eurosat(card.resolved_root(), download=card.download, name=card.name or "eurosat",
+                                      test_fraction=card.test_fraction, splits=card.splits, recursive=card.recursive,
+                                      max_per_class=card.max_per_class, **common)
+    elif card.kind in ("folder", "csv-splits"):
+        splits = layouts.load_image_folder(card.resolved_root(), name=card.label(), test_fraction=card.test_fraction,
+                                           splits=card.splits, recursive=card.recursive,
+                                           max_per_class=card.max_per_class, **common)
+        layout = next(iter(splits.values())).layout
+        if card.kind == "csv-splits" and layout != "csv-splits":
+            raise DatasetError(f"{card.resolved_root()}: the card says csv-splits but the folder is laid out as {layout}")
+    else:
+        raise DatasetError(f"dataset {card.label()}: a {card.kind} dataset is for retrieval (name it in "
+                           "clip_finetune.retrieval.captions), not for classification")
+    return splits

@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
 from helpers.core.errors import DatasetError
-
-# EuroSAT folder names -> names used in the literature (CLIP_benchmark); "or" separates synonyms.
-EUROSAT_CLASSNAMES = {
-    "AnnualCrop": "annual crop land",
-    "Forest": "forest",
-    "HerbaceousVegetation": "brushland or shrubland",
-    "Highway": "highway or road",
-    "Industrial": "industrial buildings or commercial buildings",
-    "Pasture": "pasture land",
-    "PermanentCrop": "permanent crop land",
-    "Residential": "residential buildings or homes or apartments",
-    "River": "river",
-    "SeaLake": "lake or sea",
-}
-EUROSAT_CLASSES = sorted(EUROSAT_CLASSNAMES)
-
 
 
 def resolve_classnames(classes: list[str], names=None, defaults=None) -> list[str]:
@@ -43,8 +29,32 @@ def resolve_classnames(classes: list[str], names=None, defaults=None) -> list[st
     return [str(n) for n in names]
 
 
-def default_classnames(classes: list[str]) -> list[str]:
-    """EuroSAT's literature names when the classes are EuroSAT's, else the folder names."""
-    if set(classes) <= set(EUROSAT_CLASSNAMES):
-        return [EUROSAT_CLASSNAMES[c] for c in classes]
-    return list(classes)
+_INDEX = re.compile(r"^\d+[._\-\s]+")          # "001.Black_footed_Albatross"
+_LETTER = re.compile(r"^[a-z](?=[A-Z][a-z])")   # "aGrass" (a letter that orders the folders)
+
+
+def readable_classnames(classes: list[str]) -> tuple[list[str], list[str]]:
+    """Readable names from folder names, and the rules applied (stated in the dataset's card).
+
+    A prefix is dropped only when every class has one (an index such as ``001.``, or one lower-case
+    letter before a capital such as ``aGrass``), so one odd name is never mangled; then separators
+    (``_ - .``) become spaces, CamelCase is split, and case is folded except for acronyms.
+    """
+    names, rules = list(classes), []
+    if len(names) > 1 and all(_INDEX.match(n) for n in names):
+        names, rules = [_INDEX.sub("", n) for n in names], rules + ["dropped a numeric index prefix"]
+    if len(names) > 1 and all(_LETTER.match(n) for n in names):
+        names, rules = [n[1:] for n in names], rules + ["dropped a one-letter ordering prefix"]
+    out = [_words(n) for n in names]
+    if out != list(classes):
+        rules.append("separators to spaces, CamelCase split, case folded (acronyms kept)")
+    return out, rules
+
+
+def _words(name: str) -> str:
+    text = re.sub(r"[_\-.]+", " ", name)
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", text)
+    words = text.split()
+    shouting = name.upper() == name
+    return " ".join(w.lower() if shouting or not (w.isupper() and len(w) > 1) else w for w in words) or name
+

@@ -6,9 +6,23 @@ from pathlib import Path
 
 from helpers.core import config
 from helpers.core.errors import DatasetError
-from helpers.data.classnames import EUROSAT_CLASSES
 from helpers.data.layouts import load_image_folder
 from helpers.data.samples import Samples
+
+# EuroSAT folder names -> names used in the literature (CLIP_benchmark); "or" separates synonyms.
+EUROSAT_CLASSNAMES = {
+    "AnnualCrop": "annual crop land",
+    "Forest": "forest",
+    "HerbaceousVegetation": "brushland or shrubland",
+    "Highway": "highway or road",
+    "Industrial": "industrial buildings or commercial buildings",
+    "Pasture": "pasture land",
+    "PermanentCrop": "permanent crop land",
+    "Residential": "residential buildings or homes or apartments",
+    "River": "river",
+    "SeaLake": "lake or sea",
+}
+EUROSAT_CLASSES = sorted(EUROSAT_CLASSNAMES)
 
 
 def eurosat_root() -> Path:
@@ -32,6 +46,7 @@ def load_eurosat(root: Path | str | None = None, download: bool = False, **kwarg
             )
         download_eurosat(root)
     kwargs.setdefault("name", "eurosat")
+    kwargs.setdefault("default_names", EUROSAT_CLASSNAMES)
     splits = load_image_folder(root, **kwargs)
     classes = splits["test"].classes
     if set(classes) != set(EUROSAT_CLASSES):

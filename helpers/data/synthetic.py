@@ -115,10 +115,12 @@ def _write(root: Path, params: dict, n_train: int, n_test: int, size: int, seed:
     return root
 
 
-def load_synthetic(val_fraction: float = 0.25, seed: int = 0, **kwargs) -> dict[str, Samples]:
-    """The synthetic dataset as {"train","val","test"} :class:`Samples` with class names."""
+def load_synthetic(val_fraction: float = 0.25, seed: int = 0, classnames=None, **kwargs) -> dict[str, Samples]:
+    """The synthetic dataset as {"train","val","test"} :class:`Samples` with class names (its own
+    readable names unless ``classnames`` says otherwise)."""
     root = make_synthetic(**kwargs)
-    return load_image_folder(root, name="synthetic", classnames=CLASSNAMES, val_fraction=val_fraction, seed=seed)
+    return load_image_folder(root, name="synthetic", classnames=classnames, default_names=CLASSNAMES,
+                             val_fraction=val_fraction, seed=seed)
 
 
 def load_synthetic_captions(**kwargs):

@@ -145,14 +145,26 @@ def evaluate_logits(logits, labels, num_classes: int) -> dict:
     return metrics.classification_metrics(np.nan_to_num(logits, neginf=-1e9), labels, num_classes)
 
 
-def kshot_rows(f_train, f_val, f_test, num_classes: int, ks, seeds, zs=None, max_iter: int = 1000) -> list[dict]:
+def kshot_rows(f_train, f_val, f_test, num_classes: int, ks, seeds, zs=None, max_iter: int = 1000,
+               notes: list | None = None) -> list[dict]:
     """Linear-probe points (k, seed): k-shot from train only; C swept on val; 'all' refit on train+val.
+
+    A k larger than the smallest class's train images is skipped (a note is appended to ``notes``):
+    the probe would train on fewer than k images of that class, and its label would overstate it.
 
     ``zs``: (classifier, scale) to also train a zero-shot-initialised torch head on each k-shot sample.
     """
     rows = []
     y_train = f_train.labels
+    counts = np.bincount(y_train, minlength=num_classes)
     for k in ks:
+        if k != "all" and int(k) > counts.min():
+            short = [int(c) for c in np.flatnonzero(counts < int(k))]
+            note = (f"k={k} skipped: {len(short)} class(es) have fewer than {k} train images "
+                    f"(class index {short[0]} has {counts[short[0]]}); a {k}-shot label would overstate it")
+            if notes is not None:
+                notes.append(note)
+            continue
         k_seeds = [seeds[0]] if k == "all" else seeds  # the full probe is deterministic: one fit
         for seed in k_seeds:
             idx = np.arange(len(y_train)) if k == "all" else kshot_indices(y_train, int(k), seed)

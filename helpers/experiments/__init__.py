@@ -36,6 +36,11 @@ class Experiment:
     summarise: Callable[[list[dict]], pd.DataFrame] | None = None
     comparison: Callable[[dict], str | None] | None = None
     comparison_columns: tuple[str, ...] = field(default_factory=tuple)
+    needs: tuple[str, ...] = ("train", "val", "test")  # the dataset splits it reads
+
+    def lacks(self, splits) -> list[str]:
+        """The splits it needs that ``splits`` (names) does not have."""
+        return [s for s in self.needs if s not in splits]
 
     @property
     def number(self) -> str:

@@ -298,19 +298,19 @@ def recall(P: Profile, loaded: models.LoadedModel, captions: data.CaptionSet, im
     return metrics.retrieval_recall(img, txt, owner)
 
 
-def load_caption_set(item: str) -> data.CaptionSet:
+def load_caption_set(item: str, images: str | None = None) -> data.CaptionSet:
+    """``synthetic`` or a captions file (.csv or Karpathy-style .json); ``images``: the folder holding
+    its images when they are neither beside the file nor in an ``images/`` folder beside it."""
     if item == "synthetic":
         return synthetic.load_synthetic_captions()
-    if str(item).endswith(".json"):
-        raise ValueError("Karpathy JSON: give a dict {karpathy: <json>, images: <folder>} (not yet a plain path)")
-    return data.load_captions_csv(item)
+    return data.load_captions(item, images)
 
 
 def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) -> Outcome:
     """Recall@1/5/10 both ways on held-out images of a caption set, before and after fine-tuning on
     the other images' captions with CLIP's contrastive loss (``start_spec``: the model to start from)."""
     s = P["clip_finetune"]["retrieval"]
-    captions = load_caption_set(s["captions"])
+    captions = load_caption_set(s["captions"], s.get("images"))
     ids = split_captions(captions, float(s.get("test_fraction", 0.4)), float(s.get("val_fraction", 0.2)), P.seed)
     train_ids, test_ids = ids["train"], ids["test"]
     spec = start_spec or P["clip_finetune"]["model"]

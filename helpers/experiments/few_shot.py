@@ -51,9 +51,12 @@ def run(P: Profile, splits: dict[str, Samples], specs: list[str] | None = None) 
         f = {s: encode(P, loaded, splits[s]) for s in ("train", "val", "test")}
         zs = zeroshot.evaluate(loaded, f["test"].features, f["test"].labels, test.classnames, P["templates"])
         classifier = zeroshot.text_classifier(loaded, test.classnames, P["templates"])
+        notes: list[str] = []
         rows = kshot_rows(f["train"], f["val"], f["test"], test.num_classes, ks, seeds,
-                           zs=(classifier, zeroshot.logit_scale(loaded)),
-                           max_iter=int(settings.get("max_iter", 1000)))
+                          zs=(classifier, zeroshot.logit_scale(loaded)),
+                          max_iter=int(settings.get("max_iter", 1000)), notes=notes)
+        for note in dict.fromkeys(notes):
+            print(f"{spec}: {note}")
         for r in rows:
             r["model"] = spec
         all_rows += rows
@@ -66,7 +69,7 @@ def run(P: Profile, splits: dict[str, Samples], specs: list[str] | None = None) 
                      f"{len(probes.C_GRID)} values 1e-3..1e3; k-shot: fit on the k-shot sample; all: refit on train+val",
             "zero_shot_init": "torch linear head initialised with scale x text classifier, AdamW full batch, "
                               "best val step kept (step 0 = zero-shot)",
-            "templates": prompts.templates(P["templates"]), "ks": ks, "seeds": seeds,
+            "templates": prompts.templates(P["templates"]), "ks": ks, "seeds": seeds, "skipped_ks": notes,
             "features_from_cache": {s: f[s].from_cache for s in f}, "transform": loaded.transform()[1]}
         card = loaded.card()
         recs.append(records.make_record("04_few_shot", zs["metrics"], dataset=test.card(), model=card,

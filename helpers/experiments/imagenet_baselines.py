@@ -50,15 +50,18 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
         protocol = {"input_size": size, "transform": tcard, "features": "penultimate layer, frozen",
                     "probe": "as notebook 04: sklearn LogisticRegression(lbfgs), C swept on val; k-shot fit on "
                              "the k-shot sample, all: refit on train+val"}
+        notes: list[str] = []
         for r in kshot_rows(f["train"], f["val"], f["test"], test.num_classes, settings["probe_ks"],
-                             list(P["few_shot"]["seeds"]), max_iter=int(P["few_shot"].get("max_iter", 1000))):
+                            list(P["few_shot"]["seeds"]), max_iter=int(P["few_shot"].get("max_iter", 1000)),
+                            notes=notes):
             regime = "linear probe" if r["k"] == "all" else f"{r['k']}-shot probe"
             rows.append({"model": spec, "regime": regime, "seed": r["seed"], "top1": r["metrics"]["top1"],
                          "untrained": not bb.trained})
             recs.append(records.make_record(
                 "05_imagenet_baselines", r["metrics"], dataset=test.card(), model=card, profile=P.name,
                 variant=f"{regime}|seed={r['seed']}", seeds=[r["seed"]], wall_time_s=timer.seconds,
-                protocol={**protocol, "regime": regime, "C": r["C"], "k": r["k"], "n_train": r["n_train"]},
+                protocol={**protocol, "regime": regime, "C": r["C"], "k": r["k"], "n_train": r["n_train"],
+                          "skipped_ks": notes},
                 facets={"head": "linear probe", "regime": regime, "k": r["k"], "seed": r["seed"]}))
         if spec in settings.get("finetune", []):
             timer = records.Timer()

@@ -17,7 +17,7 @@ from helpers.results import plots, records
 EXPERIMENT = Experiment(
     "02_prompt_validation", "02 — Prompt validation (chosen on val, reported on test)", section="prompt_validation",
     comparison=lambda rec: "best prompt" if records.facets(rec).get("chosen_on_val") else None,
-    comparison_columns=("best prompt",))
+    comparison_columns=("best prompt",), needs=("val", "test"))
 
 
 def classname_variants(samples: Samples, wanted) -> dict[str, list[str]]:

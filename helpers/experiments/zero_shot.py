@@ -16,7 +16,7 @@ from helpers.results import plots, records
 
 EXPERIMENT = Experiment(
     "01_zero_shot", "01 — Zero-shot classification", section="templates",
-    comparison=lambda rec: "zero-shot", comparison_columns=("zero-shot",))
+    comparison=lambda rec: "zero-shot", comparison_columns=("zero-shot",), needs=("test",))
 
 
 def run(P: Profile, spec: str, samples: Samples, templates=None, grid_images: int | None = None) -> Outcome:
@@ -51,18 +51,6 @@ def run(P: Profile, spec: str, samples: Samples, templates=None, grid_images: in
     records.append_record(rec)
     return Outcome([rec], records.results_frame([rec]), figs,
                    {"per_class": per_class_table(samples.classnames, m["per_class_recall"], untrained)})
-
-
-def extra_test_splits(P: Profile) -> list[Samples]:
-    """The test split of every extra image folder the profile lists (a user's own data)."""
-    from helpers.data import load_image_folder
-
-    out = []
-    for item in P.get("extra_datasets") or []:
-        root = item["root"] if isinstance(item, dict) else item
-        name = item.get("name") if isinstance(item, dict) else None
-        out.append(load_image_folder(root, name=name, seed=P.seed)["test"])
-    return out
 
 
 def per_class_table(classnames: list[str], recall, untrained: bool) -> pd.DataFrame:
