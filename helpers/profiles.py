@@ -56,6 +56,8 @@ class Profile:
         specs += [(self.get("clip_finetune") or {}).get("model")]
         proxy = self.get("proxy") or {}
         specs += [proxy.get("anti_expert"), proxy.get("base"), *proxy.get("expert", "").split(":", 2)[2:]]
+        up = self.get("upsampling") or {}
+        specs += [*up.get("clip_models", []), (up.get("classifier") or {}).get("backbone")]
         specs = [s for s in specs if s and not str(s).startswith("06:")]
         return list(dict.fromkeys(specs))
 
@@ -90,8 +92,8 @@ class Profile:
                                 + (f" (root in {card.source})" if card.source else ""))
         for spec in self.weight_specs():
             why = models.missing_weights(spec)
-            kind, _, body = spec.partition(":")
-            if why and (kind not in ("openai", "torchvision") or not _reachable(models.download_url(spec))):
+            url = models.download_url(spec) if why else None
+            if why and (url is None or not _reachable(url)):  # a download that can happen is no problem
                 problems.append(why)
         up = self.get("upsampling") or {}
         if "srgan" in up.get("upsamplers", []):

@@ -170,6 +170,14 @@ class ClipFinetune(Section):
 
     _off = field_validator("wise_ft", "retrieval", mode="before")(classmethod(lambda cls, v: _off(v)))
 
+    @field_validator("model")
+    @classmethod
+    def _openai_format(cls, v):
+        if v.partition(":")[0] not in ("openai", "file", "scratch"):
+            raise ValueError(f"{v}: fine-tuning runs on OpenAI-format CLIP models (openai:, file:, scratch:) "
+                             "for now; open_clip:, hf: and timm: models work in every other notebook")
+        return v
+
     @field_validator("freeze")
     @classmethod
     def _freeze(cls, v):

@@ -43,21 +43,22 @@ class ToNormalizedTensor(torch.nn.Module):
         return f"{type(self).__name__}(mean={(self.mean / 255).round(8).tolist()})"
 
 
-def clip_transform(resolution: int, interpolation: str = "bicubic", mean=CLIP_MEAN, std=CLIP_STD):
+def clip_transform(resolution: int, interpolation: str = "bicubic", mean=CLIP_MEAN, std=CLIP_STD,
+                   crop: int | None = None, squash: bool = False):
     """CLIP's preprocessing (resize shorter side, centre crop, normalise) on an RGB PIL image.
 
     Returns (transform, card). Identical to ``clip.load``'s own transform when interpolation is
     bicubic; images are already RGB because :func:`helpers.data.load_rgb` converts every mode.
+    ``crop``: a centre crop smaller than the resize (Hugging Face processors); ``squash``: resize both
+    sides to ``resolution`` without cropping (open_clip's ``resize_mode: squash``).
     """
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation {interpolation!r}: use one of {sorted(INTERPOLATIONS)}")
-    transform = T.Compose([
-        T.Resize(resolution, interpolation=INTERPOLATIONS[interpolation]),
-        T.CenterCrop(resolution),
-        ToNormalizedTensor(mean, std),
-    ])
-    card = {"resize": resolution, "interpolation": f"PIL {interpolation}", "crop": f"center {resolution}",
-            "mean": list(mean), "std": list(std)}
+    crop = crop or resolution
+    resize = T.Resize((resolution, resolution) if squash else resolution, interpolation=INTERPOLATIONS[interpolation])
+    transform = T.Compose([resize, T.CenterCrop(crop), ToNormalizedTensor(mean, std)])
+    card = {"resize": resolution, "interpolation": f"PIL {interpolation}", "crop": f"center {crop}",
+            "mean": list(mean), "std": list(std), **({"resize_mode": "squash"} if squash else {})}
     return transform, card
 
 

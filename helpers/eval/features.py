@@ -146,7 +146,7 @@ def _decode_in_threads(dataset, batch_size: int, threads: int):
             yield default_collate(list(pool.map(dataset.__getitem__, items)))
 
 
-def image_features(loaded, samples: Samples, interpolation: str = "bicubic", **kwargs) -> Features:
+def image_features(loaded, samples: Samples, interpolation: str | None = None, **kwargs) -> Features:
     """CLIP image embeddings of ``samples`` (``loaded``: :class:`helpers.models.LoadedModel`)."""
     transform, card = loaded.transform(interpolation)
     encoder = {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256, "output": "encode_image"}

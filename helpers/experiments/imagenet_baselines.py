@@ -42,7 +42,7 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
     for spec in settings["backbones"]:
         timer = records.Timer()
         bb = backbones.load_backbone(spec, seed=P.seed)
-        tf, tcard = transforms.image_transform(size, interp)
+        tf, tcard = transforms.image_transform(size, interp, bb.mean, bb.std)
         encoder = {"spec": spec, "weights_sha256": bb.weights_sha256, "output": "penultimate"}
         f = {s: features.encode_dataset(bb.model, encoder, splits[s], tf, tcard, device=config.device(),
                                         batch_size=int(P.get("batch_size", 64))) for s in ("train", "val", "test")}
@@ -67,7 +67,7 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
             timer = records.Timer()
             cfg = train_config(settings["train"], P.seed)
             batch = int(settings["train"].get("batch_size", 64))
-            train_tf, train_card = transforms.image_transform(size, interp, train=True,
+            train_tf, train_card = transforms.image_transform(size, interp, bb.mean, bb.std, train=True,
                                                               aerial=bool(settings.get("aerial", True)))
             net = backbones.load_backbone(spec, seed=P.seed).classifier(test.num_classes)
             run_card = {"spec": spec, "weights": bb.weights_sha256, "data": splits["train"].fingerprint(),

@@ -210,18 +210,20 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
         for name in c.get("upsamplers") or list(ups):
             up, t = ups[name], records.Timer()
             r = {k: restored(splits[k], up, factor, size, pixels[k]) for k in ("train", "val", "test")}
-            net = backbones.load_backbone(c["backbone"], seed=P.seed).classifier(test.num_classes)
+            bb = backbones.load_backbone(c["backbone"], seed=P.seed)
+            card = bb.card()  # the starting weights, before training changes them
+            net = bb.classifier(test.num_classes)
             cfg = train_config(c["train"], P.seed)
             batch = int(c["train"].get("batch_size", 128))
-            train_tf, train_card = transforms.image_transform(size, "bicubic", train=True, aerial=bool(c.get("aerial", True)))
-            eval_tf, _ = transforms.image_transform(size, "bicubic")
+            train_tf, train_card = transforms.image_transform(size, "bicubic", bb.mean, bb.std, train=True,
+                                                              aerial=bool(c.get("aerial", True)))
+            eval_tf, _ = transforms.image_transform(size, "bicubic", bb.mean, bb.std)
             run_card = {"spec": c["backbone"], "upsampler": up.card(), "data": r["train"].fingerprint(), "transform": train_card}
             ft = supervised.train_classifier(net, r, train_tf, eval_tf, cfg, batch, run_card, progress=progress)
-            bb = backbones.load_backbone(c["backbone"], seed=P.seed)
             status = "fine-tuned" if bb.trained else "trained from scratch"
             recs.append(records.make_record(
                 EXPERIMENT.id, {**ft.test_metrics, "best_val_top1": ft.result.best_metric}, dataset=r["test"].card(),
-                model={**bb.card(), "status": status}, profile=P.name, variant=f"classifier|{name}|x{factor}|{size}px",
+                model={**card, "status": status}, profile=P.name, variant=f"classifier|{name}|x{factor}|{size}px",
                 seeds=[P.seed], wall_time_s=t.seconds,
                 protocol={**base_protocol, "head": f"classifier ({status})", "upsampler": name, "input_size": size,
                           "train": cfg.card(), "batch_size": batch, "train_transform": train_card,

@@ -3,7 +3,9 @@
 super-resolution networks (upsamplers). The names below are the ones the rest of the lab uses."""
 
 from helpers.core.errors import ModelSpecError, WeightsNotFoundError
-from helpers.models import backbones as _torchvision_kind  # noqa: F401 (registers torchvision:)
+from helpers.models import backbones as _torchvision_kind  # noqa: F401 (registers torchvision:, timm:)
+from helpers.models import hf_models as _hf_kind  # noqa: F401 (registers hf:)
+from helpers.models import open_clip_models as _open_clip_kind  # noqa: F401 (registers open_clip:)
 from helpers.models.clip_models import (
     SCRATCH_CONFIGS,
     LoadedModel,

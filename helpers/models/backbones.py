@@ -22,6 +22,7 @@ import torchvision
 
 from helpers.core import config, storage
 from helpers.core.errors import ModelSpecError, WeightsNotFoundError
+from helpers.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from helpers.models import registry
 
 ARCHS = ("resnet18", "resnet50", "efficientnet_b0")
@@ -72,7 +73,10 @@ class Backbone:
     model: torch.nn.Module  # classifier head replaced by Identity: outputs penultimate features
     feature_dim: int
     weights_sha256: str
-    status: str  # "pretrained" | "untrained"
+    status: str  # "pretrained" | "checkpoint" | "untrained"
+    mean: tuple = IMAGENET_MEAN  # the normalisation its weights expect (timm: the model's data config)
+    std: tuple = IMAGENET_STD
+    interpolation: str = "bicubic"
 
     @property
     def trained(self) -> bool:
@@ -80,7 +84,8 @@ class Backbone:
 
     def card(self) -> dict:
         return {"spec": self.spec, "status": self.status, "weights_sha256": self.weights_sha256,
-                "feature_dim": self.feature_dim, "n_params": sum(p.numel() for p in self.model.parameters())}
+                "feature_dim": self.feature_dim, "n_params": sum(p.numel() for p in self.model.parameters()),
+                "mean": list(self.mean), "std": list(self.std)}
 
     def classifier(self, num_classes: int) -> torch.nn.Sequential:
         """Backbone + a new linear head, for fine-tuning (shares the backbone's parameters)."""
@@ -88,7 +93,10 @@ class Backbone:
 
 
 def load_backbone(spec: str, seed: int = 0, device: torch.device | None = None) -> Backbone:
-    """Build the architecture, with torchvision's weights for ``@WEIGHTS`` specs (fp32, eval mode)."""
+    """Build the architecture, with torchvision's weights for ``@WEIGHTS`` specs, or timm's model for
+    ``timm:`` specs (fp32, eval mode)."""
+    if spec.startswith("timm:"):
+        return load_timm(spec, seed, device)
     arch, weights = parse(spec)
     w = weights_enum(arch, weights)
     torch.hub.set_dir(str(hub_dir()))
@@ -119,3 +127,79 @@ def _url(spec: str) -> str | None:
 registry.register(registry.ModelKind(
     "torchvision", f"torchvision:<arch>[@DEFAULT|@<weights>] (ImageNet backbones: {', '.join(ARCHS)})",
     lambda body: parse(f"torchvision:{body}"), missing=missing_weights, url=_url))
+
+
+# ------------------------------------------------------------------------------------------- timm
+def timm_cache() -> Path:
+    return config.cache_dir() / "hf"
+
+
+def parse_timm(body: str) -> tuple[str, str | None]:
+    """``timm:<name>`` (random), ``timm:<name>@pretrained`` (timm's default tag), ``timm:<name>@<path>``."""
+    import timm
+
+    name, _, weights = body.partition("@")
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        raise ModelSpecError(f"timm:{body}: {name!r} is not a timm model" + (f" (e.g. {', '.join(close)})" if close else ""))
+    return name, (weights or None)
+
+
+def _timm_weights(spec: str) -> tuple[str, str | None]:
+    return parse_timm(spec.partition(":")[2])
+
+
+def timm_missing(spec: str) -> str | None:
+    name, weights = _timm_weights(spec)
+    if weights is None:
+        return None
+    if weights != "pretrained":
+        path = Path(weights).expanduser()
+        return None if path.is_file() else f"{spec}: checkpoint file {path} does not exist; place the timm weights there"
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if repo and any(isinstance(try_to_load_from_cache(repo, f, cache_dir=str(timm_cache())), str)
+                    for f in ("model.safetensors", "pytorch_model.bin")):
+        return None
+    url = (f"https://huggingface.co/{repo}" if repo else getattr(cfg, "url", "")) or "timm's hub"
+    return (f"{spec} needs timm's pretrained weights, not in {timm_cache()}. Download them on a machine with network "
+            f"({url}), then use timm:{name}@<path of the weights file>, or copy the hub cache there.")
+
+
+def load_timm(spec: str, seed: int = 0, device: torch.device | None = None) -> Backbone:
+    import timm
+
+    name, weights = _timm_weights(spec)
+    kwargs: dict = {"num_classes": 0}
+    if weights == "pretrained":
+        kwargs.update(pretrained=True, cache_dir=str(timm_cache()))
+    elif weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(timm_missing(spec))
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})  # its classifier is dropped
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(name, **kwargs)
+    except (OSError, ConnectionError, TimeoutError) as e:
+        raise WeightsNotFoundError(f"{spec}: {type(e).__name__}: {e}. {timm_missing(spec) or ''}") from e
+    except RuntimeError as e:  # a file that is not this architecture's weights
+        raise ModelSpecError(f"{spec}: the weights do not fit timm {name}: {e}") from e
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    if weights and weights != "pretrained":
+        sha, status = storage.sha256_file(Path(weights).expanduser()), "checkpoint"
+    else:
+        sha, status = storage.sha256_state_dict(model.state_dict()), "pretrained" if weights else "untrained"
+    model = model.float().eval().to(device or config.device())
+    return Backbone(spec, model, int(model.num_features), sha, status, tuple(data_cfg["mean"]), tuple(data_cfg["std"]),
+                    data_cfg.get("interpolation", "bicubic"))
+
+
+registry.register(registry.ModelKind(
+    "timm", "timm:<name>[@pretrained|@<weights file>] (timm backbones, e.g. convnext_tiny, efficientnet_b0)",
+    parse_timm, missing=timm_missing,
+    url=lambda spec: f"https://huggingface.co/timm/{_timm_weights(spec)[0]}" if _timm_weights(spec)[1] == "pretrained" else None))

@@ -17,6 +17,7 @@ import re
 import urllib.error
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,11 @@ class LoadedModel:
     status: str  # "pretrained" | "checkpoint" | "untrained"
     source_file: str | None = None
     meta: dict = field(default_factory=dict)
+    # models of other libraries (open_clip, Hugging Face) bring their own tokenizer and preprocessing
+    tokenizer: Callable[[list[str]], torch.Tensor] | None = None
+    preprocess: dict | None = None  # {"size", "mean", "std", "interpolation", "resize_mode"[, "crop"]}
+    embed: int | None = None
+    context: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -100,29 +106,41 @@ class LoadedModel:
 
     @property
     def resolution(self) -> int:
+        if self.preprocess:
+            return int(self.preprocess.get("crop") or self.preprocess["size"])
         return int(self.model.visual.input_resolution)
 
     @property
     def context_length(self) -> int:
-        return int(self.model.context_length)
+        return int(self.context or self.model.context_length)
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[1])
+        return int(self.embed or self.model.text_projection.shape[1])
 
     @property
     def trained(self) -> bool:
         return self.status != "untrained"
 
-    def transform(self, interpolation: str = "bicubic"):
-        """(transform, card) matching this model's input resolution."""
-        return clip_transform(self.resolution, interpolation)
+    def transform(self, interpolation: str | None = None):
+        """(transform, card): the model's own preprocessing (resolution, mean/std, resize mode);
+        ``interpolation`` overrides its resampling filter (notebook 03 compares them)."""
+        if not self.preprocess:
+            return clip_transform(self.resolution, interpolation or "bicubic")
+        p = self.preprocess
+        mode = p.get("resize_mode", "shortest")
+        if mode not in ("shortest", "squash"):
+            raise ModelSpecError(f"{self.spec}: resize mode {mode!r} is not supported (shortest, squash)")
+        return clip_transform(int(p["size"]), interpolation or p.get("interpolation", "bicubic"), p["mean"], p["std"],
+                              crop=p.get("crop"), squash=mode == "squash")
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
+        if self.tokenizer is not None:
+            return self.tokenizer(list(texts))
         return clip.tokenize(texts, context_length=self.context_length, truncate=True)
 
     def card(self) -> dict:
-        visual = self.model.visual
+        visual = getattr(self.model, "visual", self.model)
         return {
             "spec": self.spec,
             "status": self.status,
@@ -132,6 +150,7 @@ class LoadedModel:
             "input_resolution": self.resolution,
             "embed_dim": self.embed_dim,
             "n_params": sum(p.numel() for p in self.model.parameters()),
+            **({"preprocess": self.preprocess} if self.preprocess else {}),
             **({"meta": self.meta} if self.meta else {}),
         }
 

@@ -175,11 +175,19 @@ def results_frame(records: list[dict] | None = None, profile: str | None = None)
         return table
     cols = [c for c in RESULT_COLUMNS if c in table]
     out = table[cols].rename(columns=RESULT_COLUMNS)
-    for col in METRIC_COLUMNS:
+    recall = sorted((c for c in table if c.startswith("metrics.") and "_R@" in c),  # retrieval, both ways
+                    key=lambda c: (c.split("_R@")[0], int(c.split("_R@")[1])))
+    for c in recall:
+        short = c.removeprefix("metrics.").replace("image_to_text_", "i2t ").replace("text_to_image_", "t2i ")
+        out[short] = table[c]
+    metric_columns = [*METRIC_COLUMNS, *(c.removeprefix("metrics.").replace("image_to_text_", "i2t ")
+                                         .replace("text_to_image_", "t2i ") for c in recall)]
+    for col in metric_columns:
         if col in out:
             out[col] = pd.to_numeric(out[col], errors="coerce").round(4)
     out["untrained"] = table["untrained"] if "untrained" in table else False
-    return mask_untrained(out, METRIC_COLUMNS).fillna("")
+    out = mask_untrained(out, metric_columns).astype(object)
+    return out.where(out.notna(), "")
 
 
 def facets(record: dict) -> dict:
