@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import os
+import re
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -66,7 +68,7 @@ def _protocol_lines(recs: list[dict]) -> list[str]:
     ds = last["dataset"]
     counts = ", ".join(f"{k} {v}" for k, v in ds.get("counts", {}).items())
     lines = [
-        f"Dataset: {ds['name']} ({ds['layout']} layout), split '{ds['split']}' with {ds['n_images']} images"
+        f"Dataset: {ds.get('name')} ({ds.get('layout')} layout), split '{ds.get('split')}' with {ds.get('n_images')} images"
         f" in {len(ds.get('classes', []))} classes ({counts}).",
         f"Split protocol: {ds.get('split_protocol')}.",
     ]
@@ -95,7 +97,8 @@ def _protocol_lines(recs: list[dict]) -> list[str]:
 
 def sections(profile: str) -> list[tuple[str, object]]:
     """The report as blocks: ("h1"|"h2"|"p", text), ("table", DataFrame), ("image", path)."""
-    all_recs = records.read_records(profile=profile)
+    skipped: list[tuple] = []
+    all_recs = records.read_records(profile=profile, skipped=skipped)
     table = records.results_frame(all_recs)
     blocks: list[tuple[str, object]] = [
         ("h1", f"CLIP lab report — profile '{profile}'"),
@@ -124,16 +127,50 @@ def sections(profile: str) -> list[tuple[str, object]]:
         blocks.append(("h2", _title(exp)))
         blocks += [("p", line) for line in _protocol_lines(recs)]
         summarise = getattr(experiments.by_id().get(exp), "summarise", None)
+        summary = None
         if summarise is not None:
-            blocks.append(("table", summarise(recs)))
-        else:
-            blocks.append(("table", table[table["experiment"] == exp].drop(columns=["experiment"])))
+            try:
+                summary = summarise(recs)
+            except (KeyError, TypeError, ValueError) as e:  # a record lacking a metric: the plain table instead
+                warnings.warn(f"report: {exp} records do not summarise ({type(e).__name__}: {e}); "
+                              "showing them one per row", stacklevel=2)
+        blocks.append(("table", summary if summary is not None
+                       else table[table["experiment"] == exp].drop(columns=["experiment"])))
         figures = dict.fromkeys(f for r in recs for f in r.get("figures", []))
         for f in figures:
             path = config.output_root() / f
             if path.is_file():
                 blocks.append(("image", path))
-    return blocks
+    no_top1 = [r for r in all_recs if "top1" not in r.get("metrics", {}) and r.get("dataset", {}).get("split") != "retrieval"
+               and not str(r.get("variant", "")).startswith("quality")]
+    if skipped or no_top1:
+        blocks.append(("h2", "Appendix — records left out or incomplete"))
+        for name, line, why in skipped:
+            blocks.append(("p", f"results/{name} line {line}: not a usable record ({why}); left out."))
+        for r in no_top1:
+            blocks.append(("p", f"{r['experiment']} {r.get('variant') or ''} on {r['dataset'].get('name')}: no top-1 "
+                                "in its metrics; shown without it."))
+    return [(kind, _public(value)) for kind, value in blocks]
+
+
+def _public(value):
+    """No absolute path of the machine that ran the suite in what the report shows: paths under the
+    cache or data folder are written from those roots, any other by its file name."""
+    if isinstance(value, pd.DataFrame):
+        return value.map(_public) if not value.empty else value
+    if not isinstance(value, str):
+        return value
+    roots = [(str(config.cache_dir()), "$CLIPLAB_CACHE"), (str(config.data_root()), "$CLIPLAB_DATA"),
+             (str(config.output_root()), "."), (str(Path.home()), "~")]
+
+    def short(m):
+        path = m.group(0)
+        for root, name in roots:
+            if path.startswith(root + "/"):
+                return name + path[len(root):]
+        return Path(path).name or path
+
+    return re.sub(r"(?<![\w.$~/])/(?:[\w.@+-]+/)*[\w.@+-]+", short, value)
 
 
 def to_markdown(blocks, base: Path) -> str:
@@ -232,12 +269,24 @@ def _relpath(path, base: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.report --profile P``: rebuild supplementary/P/ from its records alone."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m helpers.report", description=main.__doc__.split(":")[0])
+    ap.add_argument("--profile", default=config.profile_name(), help="the profile whose records to report")
+    args = ap.parse_args(argv)
+    written = build(args.profile)
+    print(f"report: {written['report.pdf']} (+ {', '.join(k for k in written if k != 'report.pdf')})")
+    return 0
+
+
 def build(profile: str | None = None) -> dict[str, Path]:
     """Rebuild every file of ``supplementary/<profile>/`` from its records; returns what was written."""
     profile = profile or config.profile_name()
     folder = storage.ensure_writable_dir(config.supplementary_dir(profile), "report", "CLIPLAB_OUT")
     blocks = sections(profile)
-    table = records.results_frame(profile=profile)
+    table = _public(records.results_frame(records.read_records(profile=profile, skipped=[])))
     written = {
         "results.csv": storage.atomic_write_text(folder / "results.csv", table.to_csv(index=False)),
         "results.md": storage.atomic_write_text(
@@ -247,3 +296,7 @@ def build(profile: str | None = None) -> dict[str, Path]:
         "report.pdf": storage.atomic_write_bytes(folder / "report.pdf", to_pdf(blocks)),
     }
     return written
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -125,20 +125,32 @@ def _json_default(o):
     raise TypeError(f"record field of type {type(o).__name__} is not JSON")
 
 
-def read_records(folder: Path | None = None, pattern: str = "*.jsonl", profile: str | None = None) -> list[dict]:
-    """All records under ``folder`` (default: the profile's); a malformed line is an error naming file and line."""
+def read_records(folder: Path | None = None, pattern: str = "*.jsonl", profile: str | None = None,
+                 skipped: list | None = None) -> list[dict]:
+    """All records under ``folder`` (default: the profile's). A line that is not a record is an error
+    naming file and line, or, when a ``skipped`` list is given, appended to it as ``(file, line,
+    why)`` with a warning and passed over (the report lists them; one torn line never blocks it)."""
+    import warnings
+
     folder = folder or config.results_dir(profile)
     out = []
     for path in sorted(Path(folder).glob(pattern)):
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
+                why = None if isinstance(rec, dict) else f"a {type(rec).__name__}, not an object"
             except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{i} is not a JSON record ({e.msg})") from e
-            if not isinstance(rec, dict):
-                raise RecordError(f"{path}:{i} is not a JSON record (a {type(rec).__name__}, not an object)")
+                why = e.msg
+            if why is None and not {"experiment", "metrics", "dataset"} <= set(rec):
+                why = f"lacks {sorted({'experiment', 'metrics', 'dataset'} - set(rec))}"
+            if why is not None:
+                if skipped is None:
+                    raise RecordError(f"{path}:{i} is not a JSON record ({why})")
+                skipped.append((path.name, i, why))
+                warnings.warn(f"{path}:{i} is not a usable record ({why}); skipped", stacklevel=2)
+                continue
             out.append(rec)
     return out
 
