@@ -4,6 +4,7 @@ writes) and non-finite losses. Tiny models on synthetic tensors, fp32, no loader
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -566,3 +567,60 @@ def test_curves_figure_has_both_panels():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_gradient_accumulation_steps_on_the_remainder_of_each_epoch():
+    """5 micro-batches with accumulate=4: two optimiser steps per epoch (4 + the remaining 1), the
+    last one on that single micro-batch's loss; a dataset smaller than one effective batch still trains."""
+    from helpers.train import loop
+
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    data = torch.utils.data.TensorDataset(x, y)
+    model = torch.nn.Linear(4, 2)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=False)
+    cfg = loop.TrainConfig(epochs=1, lr=0.1, warmup_epochs=0, accumulate=4, clip_grad=None, schedule="constant")
+    res = loop.train(model, loader, lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+                     lambda m: {"top1": 0.0}, cfg, None, progress=False, device=torch.device("cpu"))
+    assert res.steps == 2
+    tiny = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:2], y[:2]), batch_size=2)
+    before = torch.nn.Linear(4, 2)
+    after = copy.deepcopy(before)
+    res = loop.train(after, tiny, lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+                     lambda m: {"top1": 0.0}, cfg, None, progress=False, device=torch.device("cpu"))
+    assert res.steps == 1 and not torch.equal(before.weight, after.weight)
+
+
+def test_resumed_cs_fine_tuning_draws_the_same_prompts_and_ends_bit_identical(tmp_path):
+    """Issue 17: an interrupted CS run resumed from its checkpoint ends with exactly the weights of
+    the uninterrupted run (the prompt sampler's random state travels in the checkpoint)."""
+    from helpers import models
+    from helpers.train import clip_objectives, loop
+
+    names = ["red circle", "green square", "blue triangle"]
+    x, y = torch.randn(12, 3, 32, 32), torch.arange(12) % 3
+
+    def run(ckpt, stop_at=None):
+        torch.manual_seed(0)
+        tuner = clip_objectives.FineTuner(models.load_model("scratch:tiny-rn", device="cpu").model, "CS", names,
+                                          ["a photo of {}.", "art of {}.", "a {}."], seed=0)
+        loader = loop.train_loader(torch.utils.data.TensorDataset(x, y), 4, seed=0, workers=0)
+        calls = {"n": 0}
+
+        def loss_fn(m, b):
+            calls["n"] += 1
+            if stop_at is not None and calls["n"] > stop_at:
+                raise KeyboardInterrupt
+            return m(b[0], b[1])
+
+        cfg = loop.TrainConfig(epochs=3, lr=0.01, warmup_epochs=0, seed=0)
+        later_is_better = iter(range(100))  # the last epoch is the best: its weights are the result
+        loop.train(tuner, loader, loss_fn, lambda m: {"top1": float(next(later_is_better))}, cfg, ckpt,
+                   run_card={"t": 1}, progress=False, device=torch.device("cpu"))
+        return {k: v for k, v in tuner.clip.state_dict().items()}
+
+    whole = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_at=5)  # dies in epoch 2 (3 steps an epoch), after epoch 1's checkpoint
+    resumed = run(tmp_path / "b")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -140,6 +140,15 @@ class FineTuner(torch.nn.Module):
         self._classifier: torch.Tensor | None = None
         self._classifier_weights: tuple | None = None  # weights_version() the classifier was built from
 
+    def get_extra_state(self) -> dict:
+        """The prompt sampler's random state travels with the weights (training checkpoints), so a
+        resumed run draws the same prompts as an uninterrupted one."""
+        return {"sampler": self.sampler.rng.getstate() if self.sampler else None}
+
+    def set_extra_state(self, state: dict) -> None:
+        if self.sampler and state and state.get("sampler") is not None:
+            self.sampler.rng.setstate(_as_tuple(state["sampler"]))
+
     def scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp().clamp(max=100)
 
@@ -190,6 +199,11 @@ class FineTuner(torch.nn.Module):
             return self.scale().float() * img @ classifier.T
 
 
+def _as_tuple(x):
+    """random.Random states come back from a checkpoint with lists where tuples were."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
 def weights_version(module: torch.nn.Module) -> tuple:
     """A key that changes whenever any parameter or buffer of ``module`` is modified or replaced.
 
@@ -197,7 +211,7 @@ def weights_version(module: torch.nn.Module) -> tuple:
     counter, and assigning a new tensor changes its identity, so derived state cached under this key
     (prompt classifiers, compiled copies) can never outlive the weights it was computed from.
     """
-    return tuple((id(t), t._version) for t in module.state_dict(keep_vars=True).values())
+    return tuple((id(t), t._version) for t in module.state_dict(keep_vars=True).values() if torch.is_tensor(t))
 
 
 def encode_prompts(model: CLIP, texts: list[str]) -> torch.Tensor:

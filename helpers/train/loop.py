@@ -11,6 +11,7 @@ seeded per epoch, so a resumed run sees the same batches as an uninterrupted one
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -135,7 +136,7 @@ def count_trainable(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def _fingerprint(cfg: TrainConfig, model: torch.nn.Module, extra: dict) -> str:
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if torch.is_tensor(v)}
     return storage.sha256_json({"cfg": cfg.card(), "shapes": shapes, "extra": extra})
 
 
@@ -155,7 +156,8 @@ def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[
     dtype = config.autocast_dtype(device)
     params = param_groups(model, cfg.weight_decay)
     opt = (optimizer_factory or (lambda groups: torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)))(params)
-    steps_per_epoch = max(1, len(loader) // cfg.accumulate)
+    n_batches = len(loader)
+    steps_per_epoch = max(1, math.ceil(n_batches / cfg.accumulate))  # the remainder steps too
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and dtype == torch.float16)
     fingerprint = _fingerprint(cfg, model, run_card or {})
@@ -198,10 +200,11 @@ def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {i}; "
                                          "lower the learning rate or check the inputs")
-            scaler.scale(loss / cfg.accumulate).backward()
+            group = min(cfg.accumulate, n_batches - (i // cfg.accumulate) * cfg.accumulate)
+            scaler.scale(loss / group).backward()  # the mean over the micro-batches really in this step
             total += float(loss.detach())
             count += 1
-            if (i + 1) % cfg.accumulate == 0:
+            if (i + 1) % cfg.accumulate == 0 or i + 1 == n_batches:
                 if cfg.clip_grad:
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -220,7 +223,8 @@ def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[
         history.append(row)
         if val[cfg.metric] > best_metric:
             best_metric, best_epoch, since_best = float(val[cfg.metric]), epoch + 1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                          for k, v in model.state_dict().items()}
         else:
             since_best += 1
         if progress:
