@@ -48,7 +48,7 @@ def test_parse_good_specs(spec, expected):
 
 
 @pytest.mark.parametrize("spec", [
-    "resnet18", "torchvision:", "torchvision:vgg16", "timm:resnet18", "openai:resnet18", "torchvision:ResNet18",
+    "resnet18", "torchvision:", "torchvision:vgg16", "timm:resnet9000", "openai:resnet18", "torchvision:ResNet18",
     "torchvision:resnet18@IMAGENET1K_V2", "torchvision:resnet18@default", "torchvision:resnet18@name",
     "torchvision:resnet18@verify",  # a method of the weights enum, not a weights name
 ])
