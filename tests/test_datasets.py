@@ -233,3 +233,33 @@ def test_suite_refuses_an_ambiguous_folder_before_any_notebook(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "mixes split folders" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_torchvision_dataset_by_name_is_read_from_its_split_files(tmp_path, monkeypatch):
+    """``kind: torchvision`` reads the files a torchvision dataset keeps (here a stand-in with the
+    attributes Flowers102/DTD/Food101 have: ``_image_files``, ``_labels``, ``classes``, ``split=``)."""
+    import torchvision.datasets as tvd
+
+    class FakeFlowers:
+        def __init__(self, root, split="train", download=False):
+            folder = Path(root) / "fake-flowers" / split
+            if split not in ("train", "val", "test"):
+                raise ValueError(split)
+            if not folder.is_dir():
+                raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+            self._image_files = sorted(folder.glob("*/*.jpg"))
+            self.classes = sorted(p.name for p in folder.iterdir())
+            self._labels = [self.classes.index(p.parent.name) for p in self._image_files]
+
+    monkeypatch.setattr(tvd, "FakeFlowers", FakeFlowers, raising=False)
+    card = cards.DatasetCard(kind="torchvision", torchvision="FakeFlowers", root=str(tmp_path))
+    with pytest.raises(DatasetError, match="set download: true"):
+        cards.load_splits(card)
+    for split in ("train", "val", "test"):
+        _classes(tmp_path / "fake-flowers" / split, ("pink primrose", "hard-leaved pocket orchid"), 2)
+    splits = cards.load_splits(card)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 4, "val": 4, "test": 4}
+    assert splits["test"].layout == "torchvision:FakeFlowers" and splits["test"].name == "fakeflowers"
+    assert splits["test"].classnames == ["hard leaved pocket orchid", "pink primrose"]
+    with pytest.raises(DatasetError, match="no dataset 'Nope'"):
+        cards.load_splits(cards.DatasetCard(kind="torchvision", torchvision="Nope"))

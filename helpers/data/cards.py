@@ -35,8 +35,10 @@ class DatasetCard(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     name: str | None = Field(None, description="name in records, figures and the report (default: the folder's)")
-    kind: Literal["folder", "csv-splits", "eurosat", "captions", "synthetic"] = Field(
+    kind: Literal["folder", "csv-splits", "eurosat", "captions", "synthetic", "torchvision"] = Field(
         "folder", description="how the files are read")
+    torchvision: str | None = Field(None, description="torchvision: the dataset class, e.g. Flowers102, DTD, "
+                                                      "OxfordIIITPet, Food101, FGVCAircraft, StanfordCars, Country211")
     root: str | None = Field(None, description="the dataset folder (or captions file); ~ and $VARS expand; "
                                                "relative paths are relative to the card file")
     splits: dict[Literal["train", "val", "test"], str] | None = Field(
@@ -77,6 +79,8 @@ class DatasetCard(BaseModel):
     def _root_needed(self):
         if self.kind in ("folder", "csv-splits", "captions") and not self.root:
             raise ValueError(f"a {self.kind} dataset needs root: the folder (or captions file) to read")
+        if (self.kind == "torchvision") != bool(self.torchvision):
+            raise ValueError("kind: torchvision and torchvision: <dataset class> go together")
         return self
 
     def resolved_root(self) -> Path | None:
@@ -94,6 +98,8 @@ class DatasetCard(BaseModel):
         if self.name:
             return self.name
         root = self.resolved_root()
+        if self.kind == "torchvision":
+            return self.torchvision.lower()
         return root.stem if root and root.is_file() else root.name if root else self.kind
 
 
@@ -172,6 +178,10 @@ def load_splits(card: DatasetCard) -> dict:
         layout = next(iter(splits.values())).layout
         if card.kind == "csv-splits" and layout != "csv-splits":
             raise DatasetError(f"{card.resolved_root()}: the card says csv-splits but the folder is laid out as {layout}")
+    elif card.kind == "torchvision":
+        from helpers.data import torchvision_datasets
+
+        splits = torchvision_datasets.load(card, names)
     else:
         raise DatasetError(f"dataset {card.label()}: a {card.kind} dataset is for retrieval (name it in "
                            "clip_finetune.retrieval.captions), not for classification")
