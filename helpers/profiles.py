@@ -50,16 +50,20 @@ class Profile:
     def seed(self) -> int:
         return self.config.dataset.seed
 
-    def weight_specs(self) -> list[str]:
-        """Every model spec the profile's notebooks load (CLIP models and ImageNet backbones)."""
-        specs = list(self.models) + list(self.get("baselines", {}).get("backbones", []))
-        specs += [(self.get("clip_finetune") or {}).get("model")]
-        proxy = self.get("proxy") or {}
-        specs += [proxy.get("anti_expert"), proxy.get("base"), *proxy.get("expert", "").split(":", 2)[2:]]
-        up = self.get("upsampling") or {}
-        specs += [*up.get("clip_models", []), (up.get("classifier") or {}).get("backbone")]
-        specs = [s for s in specs if s and not str(s).startswith("06:")]
-        return list(dict.fromkeys(specs))
+    def weight_specs(self, notebooks: list[str] | None = None) -> list[str]:
+        """The model specs the given notebooks load (numbers such as "03"; None: every notebook)."""
+        wanted = set(notebooks) if notebooks is not None else {"01", "02", "03", "04", "05", "06", "07"}
+        proxy, up = self.get("proxy") or {}, self.get("upsampling") or {}
+        by_notebook = {
+            "01": self.models, "02": self.models, "04": self.models,
+            "03": [*up.get("clip_models", []), (up.get("classifier") or {}).get("backbone")],
+            "05": self.get("baselines", {}).get("backbones", []),
+            "06": [(self.get("clip_finetune") or {}).get("model")],
+            "07": [proxy.get("anti_expert"), proxy.get("base"), *proxy.get("expert", "").split(":", 2)[2:],
+                   (self.get("clip_finetune") or {}).get("model") if proxy.get("expert", "").startswith("06:") else None],
+        }
+        specs = [s for n, group in by_notebook.items() if n in wanted for s in group]
+        return list(dict.fromkeys(s for s in specs if s and not str(s).startswith("06:")))
 
     def dataset(self) -> dict[str, data.Samples]:
         """The splits of the profile's dataset card (train/val/test, or the ones it has; each split's
@@ -73,8 +77,9 @@ class Profile:
     def card(self) -> dict:
         return {"name": self.name, **self.settings}
 
-    def preflight(self) -> list[str]:
-        """What this profile needs and this machine lacks (dataset folder, weights), each with a fix."""
+    def preflight(self, notebooks: list[str] | None = None) -> list[str]:
+        """What the given notebooks (numbers; None: all) need and this machine lacks (dataset folder,
+        weights, download hosts), each with a fix."""
         problems = []
         for card in [self.config.dataset, *self.config.extra_datasets]:
             root = card.resolved_root()
@@ -90,13 +95,13 @@ class Profile:
             elif root is not None and not root.exists():
                 problems.append(f"dataset {card.label()}: {root} does not exist"
                                 + (f" (root in {card.source})" if card.source else ""))
-        for spec in self.weight_specs():
+        for spec in self.weight_specs(notebooks):
             why = models.missing_weights(spec)
             url = models.download_url(spec) if why else None
             if why and (url is None or not _reachable(url)):  # a download that can happen is no problem
                 problems.append(why)
         up = self.get("upsampling") or {}
-        if "srgan" in up.get("upsamplers", []):
+        if "srgan" in up.get("upsamplers", []) and (notebooks is None or "03" in notebooks):
             from helpers.models import upsamplers
 
             scale = upsamplers.network_scale(up)

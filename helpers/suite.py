@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from helpers import experiments, profiles, report, settings
-from helpers.core import config
+from helpers.core import config, storage
 from helpers.core.errors import DatasetError
 
 NOTEBOOKS_DIR = config.PROJECT_ROOT / "notebooks"
@@ -61,18 +61,30 @@ def offline_message(profile: str, problems: list[str]) -> str:
 
 
 def run_notebook(path: Path, out_dir: Path, parameters: dict) -> NotebookRun:
+    """Execute one notebook with papermill. Its executed copy appears whole or not at all: papermill
+    writes to a hidden file that is renamed once it is complete JSON (a full disk or a kill never
+    leaves a truncated notebook where the summary points)."""
+    import json
+
     import papermill as pm
 
     start = time.perf_counter()
+    final, partial = out_dir / path.name, out_dir / f".{path.stem}.running.ipynb"
     try:
-        pm.execute_notebook(str(path), str(out_dir / path.name), parameters=parameters, cwd=str(path.parent),
+        pm.execute_notebook(str(path), str(partial), parameters=parameters, cwd=str(path.parent),
                             progress_bar=False, log_output=False, kernel_name="python3")
-        return NotebookRun(path.stem, time.perf_counter() - start, True)
+        run = NotebookRun(path.stem, time.perf_counter() - start, True)
     except pm.PapermillExecutionError as e:
-        error = f"cell {e.exec_count}: {e.ename}: {e.evalue}"
-        return NotebookRun(path.stem, time.perf_counter() - start, False, error)
-    except Exception as e:  # kernel died, notebook unreadable, ...
-        return NotebookRun(path.stem, time.perf_counter() - start, False, f"{type(e).__name__}: {e}")
+        run = NotebookRun(path.stem, time.perf_counter() - start, False, f"cell {e.exec_count}: {e.ename}: {e.evalue}")
+    except Exception as e:  # kernel died, notebook unreadable, disk full, ...
+        run = NotebookRun(path.stem, time.perf_counter() - start, False, f"{type(e).__name__}: {e}")
+    finally:
+        try:
+            json.loads(partial.read_text())
+            os.replace(partial, final)
+        except (OSError, ValueError):
+            partial.unlink(missing_ok=True)
+    return run
 
 
 def summary(runs: list[NotebookRun]) -> str:
@@ -118,7 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# profile {profile.name} ({profile.path})" + (f" with {len(params)} override(s)" if params else ""))
         print(settings.describe(profile.config))
         return 0
-    problems = [] if args.skip_preflight else profile.preflight()
+    problems = [] if args.skip_preflight else profile.preflight([p.name[:2] for p in selected])
+    try:  # every folder the run writes, checked before any work
+        out_dir = (args.out or config.output_root() / "runs") / profile.name
+        for folder, what, var in ((out_dir, "executed notebooks", None),
+                                  (config.results_dir(profile.name), "results", "CLIPLAB_OUT"),
+                                  (config.pics_dir(profile.name), "figures", "CLIPLAB_OUT"),
+                                  (config.cache_dir(), "cache", "CLIPLAB_CACHE")):
+            storage.ensure_writable_dir(folder, what, var)
+    except storage.NotWritableError as e:
+        problems.append(str(e))
     if args.skip_preflight:
         print("preflight skipped (--skip-preflight): missing data, weights or network fail in the notebook "
               "that needs them", file=sys.stderr)
@@ -137,17 +158,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skip   {stem}: dataset {profile.config.dataset.label()} has no {' / '.join(lacking)} split "
               f"(it has {', '.join(splits)})", file=sys.stderr)
     selected = [p for p in selected if p.stem not in skipped]
-    out_dir = (args.out or config.output_root() / "runs") / profile.name
-    out_dir.mkdir(parents=True, exist_ok=True)
     os.environ["CLIPLAB_PROFILE"] = str(profile.path) if profile.path.parent != profiles.PROFILES_DIR else profile.name
 
     runs = []
     bar = tqdm(selected, desc=f"suite [{profile.name}]", unit="notebook")
-    for path in bar:
-        bar.set_postfix_str(path.stem)
-        run = run_notebook(path, out_dir, {"profile": args.profile, "dataset": args.dataset, "overrides": params})
-        runs.append(run)
-        bar.write(f"{'ok    ' if run.ok else 'FAILED'} {path.stem} ({run.seconds:.1f} s){'' if run.ok else ': ' + run.error}")
+    try:
+        for path in bar:
+            bar.set_postfix_str(path.stem)
+            run = run_notebook(path, out_dir, {"profile": args.profile, "dataset": args.dataset, "overrides": params})
+            runs.append(run)
+            bar.write(f"{'ok    ' if run.ok else 'FAILED'} {path.stem} ({run.seconds:.1f} s){'' if run.ok else ': ' + run.error}")
+    except KeyboardInterrupt:  # records written so far stay; a rerun resumes what can be resumed
+        bar.close()
+        print(f"\ninterrupted during {path.stem}: the records written so far are kept; run the same command "
+              "again to resume (finished trainings and cached features are reused)", file=sys.stderr)
+        print(summary(runs) if runs else "no notebook finished", file=sys.stderr)
+        return 130
     bar.close()
     print("\n" + summary(runs))
     print(f"\nexecuted notebooks: {out_dir}")

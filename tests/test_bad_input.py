@@ -349,3 +349,38 @@ def test_unwritable_folder_with_read_only_permissions(tmp_path, monkeypatch):
 def test_garbage_image_bytes_from_memory_is_not_swallowed():
     with pytest.raises(BadImageError):
         data.load_rgb(io.BytesIO(b"\x89PNG\r\n\x1a\n" + b"\0" * 30))
+
+
+def test_atomic_writes_respect_the_umask(tmp_path):
+    import os
+
+    from helpers.core import storage
+
+    old = os.umask(0o022)
+    try:
+        path = storage.atomic_write_text(tmp_path / "record.jsonl", "x\n")
+        assert (path.stat().st_mode & 0o777) == 0o644  # readable by collaborators, as the umask allows
+        os.umask(0o077)
+        assert (storage.atomic_write_text(tmp_path / "private.txt", "x").stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_a_full_disk_names_the_file_and_the_space_needed_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from helpers.core import storage
+
+    storage.atomic_write_text(tmp_path / "kept.txt", "old")
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=r"no space left to write .*kept.txt \(3 bytes needed, [\d,]+ free"):
+        storage.atomic_write_text(tmp_path / "kept.txt", "new")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert (tmp_path / "kept.txt").read_text() == "old"  # the earlier version is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.txt"]  # no temporary file left behind

@@ -195,3 +195,27 @@ def test_skip_preflight_is_explicit_and_said(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(suite, "notebooks", lambda only=None: [])  # start nothing: only the gate is tested
     assert suite.main(["--profile", "paper", "--no-report", "--skip-preflight", "--out", str(tmp_path / "runs")]) == 0
     assert "preflight skipped (--skip-preflight)" in capsys.readouterr().err
+
+
+def test_unwritable_output_folder_stops_before_any_work_with_one_message(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CLIPLAB_OUT", str(blocker / "out"))  # a path under a regular file
+    monkeypatch.setenv("CLIPLAB_PROFILE", "smoke")
+    code = suite.main(["--profile", "smoke", "--no-report", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not writable" in err and "CLIPLAB_OUT" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "smoke").exists() or not any((tmp_path / "runs" / "smoke").iterdir())
+
+
+def test_preflight_checks_only_what_the_selected_notebooks_need(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "_reachable", lambda url, timeout=3.0: False)
+    P = profiles.load("offline", {"upsampling.srgan_dir": str(tmp_path / "no-weights")})
+    monkeypatch.setenv("CLIPLAB_DATA", str(tmp_path))  # EuroSAT "present" is not what is tested here
+    everything = "\n".join(P.preflight())
+    assert "SRGAN x4 weights are not at" in everything
+    only_01 = "\n".join(P.preflight(["01"]))
+    assert "SRGAN" not in only_01
+    paper = profiles.load("paper")
+    assert not any("RN50.pt" in p for p in paper.preflight(["05"]))  # 05 loads backbones, not CLIP
+    assert any("RN50.pt" in p for p in paper.preflight(["01"]))
