@@ -624,3 +624,31 @@ def test_resumed_cs_fine_tuning_draws_the_same_prompts_and_ends_bit_identical(tm
         run(tmp_path / "b", stop_at=5)  # dies in epoch 2 (3 steps an epoch), after epoch 1's checkpoint
     resumed = run(tmp_path / "b")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_second_run_of_the_same_training_fails_at_once_naming_the_first(tmp_path):
+    """Issue 17: two processes on one run folder: the second is refused with the owner's pid, never
+    adopting the first's half-written checkpoint."""
+    import textwrap
+
+    from helpers.core import storage
+    from helpers.core.errors import RunInProgressError
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from helpers.core import storage
+        with storage.owned_folder({str(tmp_path)!r}, "training run"):
+            print("holding", flush=True)
+            time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(RunInProgressError, match=rf"training run in progress \(pid {holder.pid}: "):
+            with storage.owned_folder(tmp_path, "training run"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with storage.owned_folder(tmp_path, "training run"):  # free again once the owner is gone
+        pass

@@ -42,3 +42,7 @@ class StaleCacheWarning(UserWarning):
 
 class ProfileError(ConfigError):
     """A profile that does not exist, or whose data or weights are missing (the message says what to do)."""
+
+
+class RunInProgressError(RuntimeError):
+    """Another process owns the run folder (the same training started twice); the message names it."""

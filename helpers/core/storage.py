@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.core.errors import NotWritableError  # noqa: F401 (re-exported)
+from helpers.core.errors import NotWritableError, RunInProgressError  # noqa: F401 (re-exported)
 
 
 def ensure_writable_dir(path: Path | str, purpose: str, env_var: str | None = None) -> Path:
@@ -84,6 +84,33 @@ def file_lock(path: Path | str):
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def owned_folder(folder: Path | str, what: str = "run"):
+    """Hold ``<folder>/owner.lock`` for as long as this process works in ``folder``; a second process
+    asking for it fails at once with a message naming the owner's pid and command (two runs of the same
+    configuration never share, adopt or overwrite each other's half-written files)."""
+    import sys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "owner.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise RunInProgressError(f"{folder} belongs to a {what} in progress ({owner}); wait for it to finish "
+                                     "or stop it, then run again (it resumes from its checkpoint)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}")
+        f.flush()
+        try:
+            yield folder
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

@@ -141,6 +141,17 @@ def _fingerprint(cfg: TrainConfig, model: torch.nn.Module, extra: dict) -> str:
 
 
 def train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[[torch.nn.Module], dict],
+          cfg: TrainConfig, checkpoint_dir: Path | str | None = None, **kwargs) -> TrainResult:
+    """Train ``model`` in place (see :func:`_train`). The checkpoint folder is owned by this run for
+    its whole duration: the same configuration started twice fails at once instead of both runs
+    adopting and overwriting one ``last.pt``."""
+    if checkpoint_dir is None or not distributed.is_main():
+        return _train(model, loader, loss_fn, evaluate, cfg, checkpoint_dir, **kwargs)
+    with storage.owned_folder(checkpoint_dir, "training run"):
+        return _train(model, loader, loss_fn, evaluate, cfg, checkpoint_dir, **kwargs)
+
+
+def _train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable[[torch.nn.Module], dict],
           cfg: TrainConfig, checkpoint_dir: Path | str | None = None, *, run_card: dict | None = None,
           device: torch.device | None = None, progress: bool = True, optimizer_factory=None) -> TrainResult:
     """Train ``model`` in place; returns the history and the best weights (by ``cfg.metric`` on val).
