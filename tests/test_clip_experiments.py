@@ -134,3 +134,22 @@ def test_fine_tuned_number_equals_zero_shot_of_the_saved_checkpoint_when_best_ep
     best = run.tuned.result.best_state
     assert saved.keys() == {k.removeprefix("clip.") for k in best if k.startswith("clip.")}
     assert all(torch.equal(v.float(), best[f"clip.{k}"].float()) for k, v in saved.items())
+
+
+def test_each_objective_is_recorded_the_moment_it_is_done(monkeypatch):
+    """Issue 19: a run that dies during the second objective keeps the first objective's records."""
+    P = profiles.load("smoke", {"clip_finetune.objectives": ["CS", "FLYP"], "clip_finetune.train.epochs": 1,
+                                "clip_finetune.wise_ft": None})
+    real = clip_finetune.fine_tune
+
+    def dies_on_flyp(P_, splits, objective, s, progress=True):
+        if objective == "FLYP":
+            raise MemoryError("killed for memory (simulated)")
+        return real(P_, splits, objective, s, progress)
+
+    monkeypatch.setattr(clip_finetune, "fine_tune", dies_on_flyp)
+    with pytest.raises(MemoryError):
+        clip_finetune.run(P, P.dataset(), progress=False)
+    variants = {r["variant"] for r in records.read_records(profile="smoke")}
+    assert "CS|fine-tuned" in variants and "CS|zero-shot after|synthetic" in variants
+    assert not any(v.startswith("FLYP") for v in variants)

@@ -193,10 +193,14 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
     recs, rows, figs, extra = [], [], {}, {"runs": {}}
 
     def record(variant, m, samples, loaded, protocol, wall, figures=(), **facets):
-        recs.append(records.make_record(EXPERIMENT.id, m, dataset=samples.card(), model=loaded.card(), profile=P.name,
-                                        variant=variant, seeds=[P.seed], wall_time_s=wall, figures=figures,
-                                        protocol={"templates": prompts.templates(templates), **protocol},
-                                        facets=facets))
+        """Each result is written the moment it exists: a run stopped later (memory, time, Ctrl-C)
+        keeps every objective finished before it."""
+        rec = records.make_record(EXPERIMENT.id, m, dataset=samples.card(), model=loaded.card(), profile=P.name,
+                                  variant=variant, seeds=[P.seed], wall_time_s=wall, figures=figures,
+                                  protocol={"templates": prompts.templates(templates), **protocol}, facets=facets)
+        recs.append(rec)
+        if distributed.is_main():
+            records.append_record(rec)
 
     timer = records.Timer()
     before = {t.name: zero_shot_metrics(P, loaded0, t, templates) for t in tests}
@@ -251,9 +255,6 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
                        head="zero-shot", objective=objective, stage="WiSE-FT", alpha=r["alpha"])
             extra.setdefault("wise_ft", {})[objective] = pd.DataFrame(
                 [{k: r[k] for k in ("alpha", "dataset", "top1", "untrained")} for r in wrows])
-    if distributed.is_main():
-        for rec in recs:
-            records.append_record(rec)
     return Outcome(recs, records.mask_untrained(pd.DataFrame(rows), ["top1"]), figs, extra)
 
 
