@@ -57,6 +57,22 @@ def comparison_table(recs: list[dict], dataset: str | None = None) -> pd.DataFra
     return pd.DataFrame(rows, columns=["model", *used])
 
 
+def summary_rows(side: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The side-by-side table as a reader sees it: rows of untrained weights left out (named), the
+    best number of each column marked with ★."""
+    cols = [c for c in side.columns if c != "model"]
+    trained = side[cols].apply(lambda row: any(isinstance(v, float) for v in row), axis=1)
+    left_out = side.loc[~trained, "model"].tolist()
+    shown = side[trained].copy()
+    for col in cols:
+        values = [v for v in shown[col] if isinstance(v, float)]
+        if values:
+            best = max(values)
+            shown[col] = [f"{v:.4f} ★" if isinstance(v, float) and v == best and len(values) > 1 else
+                          (f"{v:.4f}" if isinstance(v, float) else v) for v in shown[col]]
+    return shown.reset_index(drop=True), left_out
+
+
 def _title(experiment: str) -> str:
     exp = experiments.by_id().get(experiment)
     return exp.title if exp else experiment
@@ -111,11 +127,20 @@ def sections(profile: str) -> list[tuple[str, object]]:
     datasets = list(dict.fromkeys(r.get("dataset", {}).get("name") for r in all_recs if "key" in r))
     for name in datasets:
         side = comparison_table(all_recs, name)
-        if len(side.columns) > 1 and not side.empty:
-            blocks += [("h2", f"Side by side on {name}: CLIP and ImageNet features"),
-                       ("p", f"Test top-1 on {name} of each model under each regime, from the records of every "
-                             "experiment that declares a comparison column; k-shot cells are means over seeds."),
-                       ("table", side)]
+        if len(side.columns) <= 1 or side.empty:
+            continue
+        shown, left_out = summary_rows(side)
+        test = next((r["dataset"] for r in reversed(all_recs) if r["dataset"].get("name") == name
+                     and r["dataset"].get("split") == "test"), {})
+        blocks += [("h2", f"Summary — {name}: which feature extractor serves it best"),
+                   ("p", f"Test top-1 on {name} ({test.get('n_images', '?')} test images, "
+                         f"{len(test.get('classes', []))} classes) of each model under each regime; k-shot cells are "
+                         "means over seeds; ★ marks the best of each column. Each cell comes from the records of the "
+                         "experiment named by its column (sections below give the protocols).")]
+        blocks.append(("table", shown) if not shown.empty else
+                      ("p", "No trained model has results here yet: every model so far has untrained weights."))
+        if left_out:
+            blocks.append(("p", f"Left out: {', '.join(left_out)} — untrained weights only prove the code path."))
     latest = records.records_table(all_recs)
     keys = set(latest["key"]) if "key" in latest else set()
     by_exp: dict[str, list[dict]] = {}

@@ -54,9 +54,10 @@ def parse_params(items: list[str]) -> dict:
 def offline_message(profile: str, problems: list[str]) -> str:
     lines = [f"Profile '{profile}' cannot run on this machine; nothing was started:"]
     lines += [f"  - {p}" for p in problems]
-    lines += ["To start anyway (e.g. a proxy this check cannot pass): add --skip-preflight",
-              "Without network, run the embedded profile:   python -m helpers.suite --profile smoke",
-              "or real EuroSAT with models that need no download: python -m helpers.suite --profile offline"]
+    if any("ownload" in p or "reached" in p for p in problems):  # only where a download is the problem
+        lines += ["To start anyway (e.g. a proxy this check cannot pass): add --skip-preflight",
+                  "Without network, run the embedded profile:   python -m helpers.suite --profile smoke",
+                  "or real EuroSAT with models that need no download: python -m helpers.suite --profile offline"]
     return "\n".join(lines)
 
 
@@ -131,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         print(settings.describe(profile.config))
         return 0
     problems = [] if args.skip_preflight else profile.preflight([p.name[:2] for p in selected])
-    try:  # every folder the run writes, checked before any work
-        out_dir = (args.out or config.output_root() / "runs") / profile.name
+    out_dir = (args.out or config.output_root() / "runs") / profile.name
+    try:  # every folder the run writes, checked before any work (and only made when nothing else is wrong)
         for folder, what, var in ((out_dir, "executed notebooks", None),
                                   (config.results_dir(profile.name), "results", "CLIPLAB_OUT"),
                                   (config.pics_dir(profile.name), "figures", "CLIPLAB_OUT"),
                                   (config.cache_dir(), "cache", "CLIPLAB_CACHE")):
-            storage.ensure_writable_dir(folder, what, var)
+            if not problems:
+                storage.ensure_writable_dir(folder, what, var)
     except storage.NotWritableError as e:
         problems.append(str(e))
     if args.skip_preflight:
@@ -147,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         print(offline_message(profile.name, problems), file=sys.stderr)
         return 2
     try:  # the dataset's layout, classes and splits are checked once, before any notebook starts
-        splits = profile.dataset()
+        splits = None if args.skip_preflight else profile.dataset()
     except (DatasetError, OSError) as e:
         print(f"error: dataset {profile.config.dataset.label()}: {e}", file=sys.stderr)
         return 2
     registry = experiments.by_id()
-    skipped = {p.stem: registry[p.stem].lacks(splits) for p in selected if p.stem in registry}
+    skipped = {p.stem: registry[p.stem].lacks(splits) for p in selected if p.stem in registry and splits}
     skipped = {k: v for k, v in skipped.items() if v}
     for stem, lacking in skipped.items():
         print(f"skip   {stem}: dataset {profile.config.dataset.label()} has no {' / '.join(lacking)} split "

@@ -57,7 +57,7 @@ def test_two_datasets_are_kept_apart():
     with pytest.raises(ValueError, match="several datasets"):
         report.comparison_table(recs)
     md = report.build("smoke")["report.md"].read_text()
-    assert "Side by side on birds" in md and "Side by side on eurosat" in md
+    assert "Summary — birds" in md and "Summary — eurosat" in md
 
 
 def test_report_cli_rebuilds_from_records(capsys):
