@@ -64,6 +64,7 @@ def summary_rows(side: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     trained = side[cols].apply(lambda row: any(isinstance(v, float) for v in row), axis=1)
     left_out = side.loc[~trained, "model"].tolist()
     shown = side[trained].copy()
+    shown["model"] = [f"file:{Path(m[5:]).name}" if str(m).startswith("file:") else m for m in shown["model"]]
     for col in cols:
         values = [v for v in shown[col] if isinstance(v, float)]
         if values:
@@ -249,7 +250,10 @@ def to_pdf(blocks) -> bytes:
             pdf.multi_cell(width, 8, str(value), new_x="LMARGIN", new_y="NEXT")
             pdf.ln(2)
         elif kind == "h2":
-            pdf.add_page()
+            if not str(value).startswith("Summary") or pdf.get_y() > pdf.h * 0.6:  # summaries share page 1
+                pdf.add_page()
+            else:
+                pdf.ln(3)
             pdf.set_font("DejaVu", "B", 13)
             pdf.multi_cell(width, 7, str(value), new_x="LMARGIN", new_y="NEXT")
             pdf.ln(1)
