@@ -34,7 +34,7 @@ def run(P: Profile, spec: str, samples: Samples, templates=None, grid_images: in
         "confusion": plots.confusion_matrix(metrics.confusion(pred, feats.labels, samples.num_classes),
                                             samples.classnames, title=f"zero-shot confusion: {label}"),
         "reliability": plots.reliability_diagram(metrics.calibration(result["logits"], feats.labels),
-                                                 title=f"{spec}"),
+                                                 title=f"{spec}", show_ece=not untrained),
         "grid": plots.prediction_grid(samples.paths, feats.labels, pred, samples.classnames,
                                       n=grid_images or int(P.get("grid_images", 8)), seed=P.seed,
                                       title=f"Predicted (True) — {label}"),

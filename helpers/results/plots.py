@@ -17,6 +17,7 @@ from helpers.core import config, storage
 from helpers.data import load_rgb
 
 DPI = 150
+TOP_N = 15  # per-class figures of larger datasets show this many best and worst classes
 
 
 def save_figure(fig, name: str, folder: Path | None = None, dpi: int = DPI) -> Path:
@@ -32,9 +33,10 @@ def confusion_matrix(cm: np.ndarray, classnames: list[str], title: str = "", nor
     cm = np.asarray(cm, dtype=np.float64)
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
     n = len(classnames)
-    fig, ax = plt.subplots(figsize=(0.6 * n + 3, 0.55 * n + 2.5))
+    fig, ax = plt.subplots(figsize=(min(0.6 * n + 3, 12), min(0.55 * n + 2.5, 11)))  # at most 1800 px wide
+    labels = classnames if n <= 40 else False  # beyond 40 classes names would overlap: the matrix alone
     sns.heatmap(shown, annot=n <= 15, fmt=".2f" if normalize else ".0f", cmap="Blues", vmin=0,
-                vmax=1 if normalize else None, xticklabels=classnames, yticklabels=classnames, ax=ax,
+                vmax=1 if normalize else None, xticklabels=labels, yticklabels=labels, ax=ax,
                 cbar_kws={"label": "fraction of true class" if normalize else "images"})
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -44,8 +46,9 @@ def confusion_matrix(cm: np.ndarray, classnames: list[str], title: str = "", nor
     return fig
 
 
-def reliability_diagram(calib: dict, title: str = ""):
-    """Accuracy vs confidence per bin (from :func:`helpers.metrics.calibration`), with ECE in the title."""
+def reliability_diagram(calib: dict, title: str = "", show_ece: bool = True):
+    """Accuracy vs confidence per bin (from :func:`helpers.metrics.calibration`), with ECE in the title
+    (``show_ece`` False for untrained weights: their numbers are never shown as results)."""
     edges = np.asarray(calib["edges"])
     centers = (edges[:-1] + edges[1:]) / 2
     width = edges[1] - edges[0]
@@ -57,7 +60,7 @@ def reliability_diagram(calib: dict, title: str = ""):
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")
-    ax.set_title(f"{title}  ECE = {calib['ece']:.3f}".strip())
+    ax.set_title(f"{title}  ECE = {calib['ece']:.3f}".strip() if show_ece else title)
     ax2.bar(centers, count, width=width * 0.95, color="grey")
     ax2.set_xlabel("confidence (max softmax)")
     ax2.set_ylabel("images")
@@ -116,6 +119,12 @@ def grouped_bars(table, x: str, bars: list[str], title: str = "", ylabel: str = 
 def per_class_delta(classnames: list[str], delta, title: str = "", xlabel: str = "recall difference"):
     """Horizontal bars of a per-class difference (e.g. recall of the best prompt minus the plain name)."""
     delta = np.asarray(delta, dtype=np.float64)
+    classnames = list(classnames)
+    if len(classnames) > 2 * TOP_N:  # many classes: the TOP_N largest gains and losses stay readable
+        order = np.argsort(-delta)
+        keep = np.concatenate([order[:TOP_N], order[-TOP_N:]])
+        title = f"{title}\n{TOP_N} largest and {TOP_N} smallest of {len(classnames)} classes".strip()
+        classnames, delta = [classnames[i] for i in keep], delta[keep]
     fig, ax = plt.subplots(figsize=(5.5, 0.35 * len(classnames) + 1.5))
     ax.barh(np.arange(len(classnames)), delta, color=np.where(delta >= 0, "tab:green", "tab:red"))
     ax.set_yticks(np.arange(len(classnames)), classnames, fontsize=8)
