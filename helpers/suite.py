@@ -132,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         print(settings.describe(profile.config))
         return 0
     problems = [] if args.skip_preflight else profile.preflight([p.name[:2] for p in selected])
+    splits = None
+    if not problems and not args.skip_preflight:
+        try:  # the dataset's layout, classes and splits are checked once, before anything is written
+            splits = profile.dataset()
+        except (DatasetError, OSError) as e:
+            print(f"error: dataset {profile.config.dataset.label()}: {e}", file=sys.stderr)
+            return 2
     out_dir = (args.out or config.output_root() / "runs") / profile.name
     try:  # every folder the run writes, checked before any work (and only made when nothing else is wrong)
         for folder, what, var in ((out_dir, "executed notebooks", None),
@@ -147,11 +154,6 @@ def main(argv: list[str] | None = None) -> int:
               "that needs them", file=sys.stderr)
     if problems:
         print(offline_message(profile.name, problems), file=sys.stderr)
-        return 2
-    try:  # the dataset's layout, classes and splits are checked once, before any notebook starts
-        splits = None if args.skip_preflight else profile.dataset()
-    except (DatasetError, OSError) as e:
-        print(f"error: dataset {profile.config.dataset.label()}: {e}", file=sys.stderr)
         return 2
     registry = experiments.by_id()
     skipped = {p.stem: registry[p.stem].lacks(splits) for p in selected if p.stem in registry and splits}
