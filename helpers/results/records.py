@@ -143,7 +143,7 @@ def read_records(folder: Path | None = None, pattern: str = "*.jsonl", profile: 
                 why = None if isinstance(rec, dict) else f"a {type(rec).__name__}, not an object"
             except json.JSONDecodeError as e:
                 why = e.msg
-            if why is None and not {"experiment", "metrics", "dataset"} <= set(rec):
+            if why is None and skipped is not None and not {"experiment", "metrics", "dataset"} <= set(rec):
                 why = f"lacks {sorted({'experiment', 'metrics', 'dataset'} - set(rec))}"
             if why is not None:
                 if skipped is None:
