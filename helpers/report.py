@@ -160,8 +160,10 @@ def sections(profile: str) -> list[tuple[str, object]]:
             except (KeyError, TypeError, ValueError) as e:  # a record lacking a metric: the plain table instead
                 warnings.warn(f"report: {exp} records do not summarise ({type(e).__name__}: {e}); "
                               "showing them one per row", stacklevel=2)
-        blocks.append(("table", summary if summary is not None
-                       else table[table["experiment"] == exp].drop(columns=["experiment"])))
+        if summary is None:  # one row per result, without the columns no row of this experiment fills
+            summary = table[table["experiment"] == exp].drop(columns=["experiment"])
+            summary = summary.loc[:, [c for c in summary.columns if (summary[c].astype(str) != "").any()]]
+        blocks.append(("table", summary))
         figures = dict.fromkeys(f for r in recs for f in r.get("figures", []))
         for f in figures:
             path = config.output_root() / f
