@@ -90,14 +90,14 @@ def file_lock(path: Path | str):
 
 @contextlib.contextmanager
 def owned_folder(folder: Path | str, what: str = "run"):
-    """Hold ``<folder>/owner.lock`` for as long as this process works in ``folder``; a second process
+    """Hold ``.<folder>.owner.lock`` (beside it) for as long as this process works in ``folder``; a second process
     asking for it fails at once with a message naming the owner's pid and command (two runs of the same
     configuration never share, adopt or overwrite each other's half-written files)."""
     import sys
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "owner.lock", "a+") as f:
+    with open(folder.parent / f".{folder.name}.owner.lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
