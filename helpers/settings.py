@@ -172,10 +172,13 @@ class ClipFinetune(Section):
 
     @field_validator("model")
     @classmethod
-    def _openai_format(cls, v):
-        if v.partition(":")[0] not in ("openai", "file", "scratch"):
-            raise ValueError(f"{v}: fine-tuning runs on OpenAI-format CLIP models (openai:, file:, scratch:) "
-                             "for now; open_clip:, hf: and timm: models work in every other notebook")
+    def _fine_tunable(cls, v):
+        from helpers import models
+
+        kinds = models.fine_tunable()
+        if v.partition(":")[0] not in kinds:
+            raise ValueError(f"{v}: fine-tuning takes a CLIP model of kind {', '.join(k + ':' for k in kinds)} "
+                             "(ImageNet backbones are fine-tuned in notebook 05: baselines.finetune)")
         return v
 
     @field_validator("freeze")

@@ -188,7 +188,7 @@ def test_timm_backbone_from_a_weights_file_equals_timm_itself(tmp_path):
         models.parse("timm:resnet9000")
 
 
-def test_new_kinds_in_a_profile_and_fine_tuning_refused_early():
+def test_new_kinds_in_a_profile_and_backbones_refused_for_clip_fine_tuning():
     from helpers import profiles
     from helpers.core.errors import ConfigError
 
@@ -196,5 +196,97 @@ def test_new_kinds_in_a_profile_and_fine_tuning_refused_early():
                                 "baselines.backbones": ["timm:convnext_tiny@pretrained"], "baselines.finetune": []})
     problems = "\n".join(P.preflight())
     assert "laion2b_s34b_b79k" in problems or "huggingface.co" in problems
-    with pytest.raises(ConfigError, match="fine-tuning runs on OpenAI-format CLIP models"):
-        profiles.load("smoke", {"clip_finetune.model": "hf:openai/clip-vit-base-patch32"})
+    with pytest.raises(ConfigError, match="fine-tuning takes a CLIP model of kind hf:, open_clip:"):
+        profiles.load("smoke", {"clip_finetune.model": "timm:resnet10t"})
+    P = profiles.load("smoke", {"clip_finetune.model": "hf:openai/clip-vit-base-patch32"})
+    assert any("clip-vit-base-patch32" in p for p in P.preflight())  # missing weights named before any work
+
+
+# ----------------------------------------------------------------------- fine-tuning (notebook 06)
+@pytest.fixture(scope="module")
+def open_clip_folder(open_clip_checkpoint):
+    """The same tiny model in the hub layout open_clip publishes (open_clip_config.json + safetensors),
+    written with open_clip's own config writer: readable without registering the architecture."""
+    import open_clip
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    folder = open_clip_checkpoint.parent / "tiny-hub-layout"
+    folder.mkdir()
+    model = open_clip.create_model("lab-tiny-vit", pretrained=str(open_clip_checkpoint))
+    save_config_for_hf(model, folder / "open_clip_config.json", open_clip.get_model_config("lab-tiny-vit"))
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def _library_features(kind: str, spec: str, images):
+    """Image features of a saved model read back by its own library (not through the lab)."""
+    if kind == "open_clip":
+        import open_clip
+
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{spec.split('local-dir:')[1]}")
+        with torch.no_grad():
+            return model.eval().encode_image(torch.stack([preprocess(load_rgb(p)) for p in images.paths]))
+    from transformers import AutoImageProcessor, CLIPModel
+
+    folder = spec[len("hf:"):]
+    model, proc = CLIPModel.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=proc(images=[load_rgb(p) for p in images.paths],
+                                                         return_tensors="pt")["pixel_values"])
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf"])
+def test_fine_tuning_saves_in_the_library_format_and_reads_back_through_the_spec(kind, open_clip_folder, hf_folder,
+                                                                                 images):
+    """One epoch of CS (prompt matching, text tower trains) and ML (linear head, text frozen) on the smoke
+    data; each checkpoint is a folder its own library loads; zero-shot and WiSE-FT run on it; notebook 07's
+    ``06:CS:<spec>`` finds it again."""
+    from helpers import profiles
+    from helpers.core import storage
+    from helpers.experiments import clip_finetune
+
+    start = f"open_clip:local-dir:{open_clip_folder}" if kind == "open_clip" else f"hf:{hf_folder}"
+    P = profiles.load("smoke", {"clip_finetune.model": start, "clip_finetune.objectives": ["CS", "ML"],
+                                "clip_finetune.train.epochs": 1, "clip_finetune.wise_ft.alphas": [0, 1],
+                                "clip_finetune.templates": TEMPLATES})
+    splits = P.dataset()
+    out = clip_finetune.run(P, splits, progress=False)
+    initial = models.load_model(start)
+    for objective, run in out.extra["runs"].items():
+        saved = run.loaded
+        assert saved.spec.startswith(f"{kind}:") and saved.status == "trained" and saved.meta["objective"] == objective
+        assert storage.sha256_state_dict(saved.model.state_dict()) == run.trained_sha256  # fp32, exact
+        assert saved.weights_sha256 != initial.weights_sha256  # it trained
+        assert saved.tokenize(["x"]).shape == initial.tokenize(["x"]).shape  # the start model's own tokenizer
+        ours = features.image_features(saved, images, use_cache=False).features
+        assert F.cosine_similarity(ours.float(), _library_features(kind, saved.spec, images).float()).min() > 0.999
+    recs = {r["variant"]: r for r in out.records}
+    assert {"CS|fine-tuned", "ML|fine-tuned", f"CS|zero-shot after|{splits['test'].name}"} <= set(recs)
+    cs = out.extra["runs"]["CS"]
+    assert recs["CS|fine-tuned"]["metrics"]["top1"] == recs[f"CS|zero-shot after|{splits['test'].name}"]["metrics"]["top1"]
+    assert recs[f"CS|wise-ft alpha=1|{splits['test'].name}"]["metrics"]["top1"] == recs["CS|fine-tuned"]["metrics"]["top1"]
+    assert clip_finetune.checkpoint_spec(P, splits, "06:CS", progress=False) == cs.loaded.spec
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf"])
+def test_freezing_strategies_find_the_towers_of_every_layout(kind, open_clip_folder, hf_folder):
+    from helpers.train import clip_objectives as cf
+
+    model = models.load_model(f"open_clip:local-dir:{open_clip_folder}" if kind == "open_clip" else f"hf:{hf_folder}").model
+    text = {id(p) for p in (model.model.text_model.parameters() if kind == "hf" else model.transformer.parameters())}
+    total = sum(p.numel() for p in model.parameters())
+    assert cf.apply_freeze(model, "unfreeze")["trainable"] == total
+    info = cf.apply_freeze(model, "unfreeze", freeze_text=True)
+    assert not any(p.requires_grad for p in model.parameters() if id(p) in text) and info["trainable"] < total
+    one = cf.apply_freeze(model, "vision-freeze 1")["trainable"]
+    assert one < total and cf.apply_freeze(model, "vision-freeze 2")["trainable"] < one
+    with pytest.raises(ValueError, match="2 blocks after its stem"):
+        cf.apply_freeze(model, "vision-freeze 3")
+    mix = cf.apply_freeze(model, "mix-freeze")["trainable"]
+    assert 0 < mix < one
+    head = cf.FineTuner(model, "ML", ["a", "b"], TEMPLATES, embed_dim=models.load_model(
+        f"hf:{hf_folder}").embed_dim if kind == "hf" else None)
+    assert not any(p.requires_grad for p in model.parameters() if id(p) in text)  # a linear head: text unused
+    assert head.head.in_features == (48 if kind == "hf" else 64)

@@ -43,6 +43,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (e.g. the spec of a checkpoint only rank 0 wrote); after a barrier."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``model`` in DistributedDataParallel when distributed (gradients averaged over ranks), else itself."""
     if not is_distributed():

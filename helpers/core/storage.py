@@ -76,6 +76,23 @@ def atomic_torch_save(obj, path: Path | str) -> Path:
 
 
 @contextlib.contextmanager
+def atomic_folder(path: Path | str):
+    """Yield an empty temporary folder beside ``path``; when the block completes it replaces ``path``
+    (a model saved by its library's ``save_pretrained``-like call is never seen half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def file_lock(path: Path | str):
     """Exclusive advisory lock on ``<path>.lock`` so concurrent runs append records one at a time."""
     lock_path = Path(str(path) + ".lock")

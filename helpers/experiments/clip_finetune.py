@@ -2,14 +2,17 @@
 changed — zero-shot before vs after on the target and on held-out datasets (forgetting), WiSE-FT
 weight interpolation, and retrieval before vs after fine-tuning on captions.
 
-Every fine-tuned model is saved in OpenAI's state-dict format and read back through ``file:<path>``,
-so what is measured after training is exactly what the rest of the suite (and notebook 07) loads.
+Every fine-tuned model is saved in its own library's format (OpenAI state dict -> ``file:``, open_clip
+hub-layout folder -> ``open_clip:local-dir:``, transformers ``save_pretrained`` folder -> ``hf:``) and read
+back through that spec, so what is measured after training is exactly what the rest of the suite (and
+notebook 07) loads.
 The same functions run under ``torchrun`` (``scripts/finetune_clip.py``); only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +57,13 @@ def zero_shot_metrics(P: Profile, loaded: models.LoadedModel, samples: Samples, 
     return zeroshot.evaluate(loaded, feats.features, feats.labels, samples.classnames, templates)["metrics"]
 
 
-def in_memory(spec: str, model: torch.nn.Module, status: str, meta: dict | None = None) -> models.LoadedModel:
-    """A model that exists only in memory (e.g. WiSE-FT weights), named by its weights' hash so the
-    feature cache keys it correctly."""
+def in_memory(like: models.LoadedModel, spec: str, model: torch.nn.Module, status: str, meta: dict | None = None
+              ) -> models.LoadedModel:
+    """A model that exists only in memory (e.g. WiSE-FT weights) with the tokenizer and preprocessing of
+    ``like``, named by its weights' hash so the feature cache keys it correctly."""
     sha = storage.sha256_state_dict(model.state_dict())
-    return models.LoadedModel(spec, model.float().eval(), sha, status, None, meta or {})
+    return dataclasses.replace(like, spec=spec, model=model.float().eval(), weights_sha256=sha, status=status,
+                               source_file=None, meta=meta or {})
 
 
 @dataclass
@@ -90,21 +95,22 @@ def _head_init(P: Profile, objective: str, loaded0: models.LoadedModel, splits, 
 
 
 def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, progress: bool = True) -> FineTuneRun:
-    """Fine-tune the profile's CLIP with one objective; the best epoch (val top-1) is saved in OpenAI's
-    format and loaded back through ``file:``."""
+    """Fine-tune the profile's CLIP with one objective; the best epoch (val top-1) is saved in the model
+    library's own format and loaded back through the spec that names it."""
     spec, classnames = s["model"], splits["test"].classnames
     loaded0 = models.load_model(spec)
     head_w, head_b, head_card = _head_init(P, objective, loaded0, splits, s)
     model = copy.deepcopy(loaded0.model)
     freeze = cf.apply_freeze(model, s.get("freeze", "unfreeze"), bool(s.get("freeze_text", False)))
     tuner = cf.FineTuner(model, objective, classnames, s.get("train_templates") or s["templates"],
-                         seed=P.seed, head_init=head_w, head_bias=head_b, eval_templates=s["templates"])
+                         seed=P.seed, head_init=head_w, head_bias=head_b, eval_templates=s["templates"],
+                         tokenize=loaded0.tokenize, embed_dim=loaded0.embed_dim)
     freeze["trainable"], freeze["total"] = loop.count_trainable(tuner)
     if progress and distributed.is_main():
         print(f"{objective}: {freeze['trainable']:,} of {freeze['total']:,} parameters trainable ({freeze['strategy']}"
               f"{', text tower frozen' if s.get('freeze_text') else ''})")
     res, interp = loaded0.resolution, s.get("interpolation", "bicubic")
-    train_tf, train_tcard = transforms.image_transform(res, interp, transforms.CLIP_MEAN, transforms.CLIP_STD,
+    train_tf, train_tcard = transforms.image_transform(res, interp, *loaded0.normalization,
                                                        train=True, aerial=bool(s.get("aerial", True)),
                                                        color_jitter=float(s.get("color_jitter", 0.0)))
     eval_tf, _ = loaded0.transform(interp)
@@ -118,22 +124,22 @@ def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, p
     tuned = supervised.train_classifier(tuner, splits, train_tf, eval_tf, cfg, batch, train_card, progress=progress,
                                       loss_fn=lambda m, b: m(b[0].to(dev), b[1]), classify=tuner.classify)
     run_key = storage.sha256_json({"run": train_card, "cfg": cfg.card(), "batch": batch})[:10]  # a new run never overwrites
-    path = config.cache_dir() / "models" / P.name / f"{slug(EXPERIMENT.id, objective, spec)}-{run_key}.pt"
-    if distributed.is_main():
-        meta = {"trained": True, "by": EXPERIMENT.id, "objective": objective, "initial": loaded0.card(),
-                "dataset": splits["train"].card(), "test_top1": tuned.test_metrics["top1"],
-                "best_epoch": tuned.result.best_epoch, "train": cfg.card()}
-        models.save_openai_state_dict(tuner.clip, path, meta, half=False)
-    distributed.barrier()
-    return FineTuneRun(objective, tuned, models.load_model(f"file:{path}"), freeze, str(path), train_card,
+    stem = config.cache_dir() / "models" / P.name / f"{slug(EXPERIMENT.id, objective, spec)}-{run_key}"
+    meta = {"trained": True, "by": EXPERIMENT.id, "objective": objective, "initial": loaded0.card(),
+            "dataset": splits["train"].card(), "test_top1": tuned.test_metrics["top1"],
+            "best_epoch": tuned.result.best_epoch, "train": cfg.card()}
+    saved = models.save_finetuned(loaded0, tuner.clip, stem, meta) if distributed.is_main() else None
+    saved = distributed.broadcast_object(saved)
+    loaded = models.load_model(saved)
+    return FineTuneRun(objective, tuned, loaded, freeze, loaded.source_file or saved, train_card,
                        storage.sha256_state_dict(tuner.clip.state_dict()), loaded0.weights_sha256)
 
 
 def checkpoint_spec(P, splits, spec: str, progress: bool = True) -> str:
     """A model spec; ``06:<objective>[:<model spec>]`` names the checkpoint notebook 06
     recorded in this profile for that objective and starting model (default: the profile's
-    ``clip_finetune.model``); its file must still match the recorded sha256. When there is none, it is
-    trained now with notebook 06's code and settings."""
+    ``clip_finetune.model``); its weights must still match the recorded sha256. When there is none, it
+    is trained now with notebook 06's code and settings."""
     if not spec.startswith("06:"):
         return spec
     _, objective, *model = spec.split(":", 2)
@@ -141,15 +147,25 @@ def checkpoint_spec(P, splits, spec: str, progress: bool = True) -> str:
     found = [r for r in records.read_records(profile=P.name)
              if r["experiment"] == EXPERIMENT.id and r["variant"] == f"{objective}|fine-tuned"
              and r["protocol"].get("train_card", {}).get("spec") == settings["model"]
-             and r["dataset"].get("name") == splits["test"].name and r["model"].get("spec", "").startswith("file:")]
+             and r["dataset"].get("name") == splits["test"].name]
     for rec in sorted(found, key=lambda r: r["created"], reverse=True):
-        path = rec["model"]["spec"][len("file:"):]
-        if Path(path).is_file() and storage.sha256_file(path) == rec["model"]["weights_sha256"]:
+        if _unchanged(rec["model"]["spec"], rec["model"]["weights_sha256"]):
             return rec["model"]["spec"]
     if progress:
         print(f"no {objective} checkpoint of {settings['model']} from notebook 06 in profile {P.name}: "
               "training it now with notebook 06's code and settings")
     return fine_tune(P, splits, objective, settings, progress=progress).loaded.spec
+
+
+def _unchanged(spec: str, sha256: str) -> bool:
+    """The checkpoint a record names is still on disk with the weights that record measured."""
+    if spec.startswith("file:"):
+        path = Path(spec[len("file:"):])
+        return path.is_file() and storage.sha256_file(path) == sha256
+    try:
+        return not models.missing_weights(spec) and models.load_model(spec, device="cpu").weights_sha256 == sha256
+    except (models.ModelSpecError, models.WeightsNotFoundError, OSError):
+        return False
 
 
 def wise_ft(P: Profile, loaded0: models.LoadedModel, run: FineTuneRun, tests: list[Samples], alphas, templates
@@ -161,7 +177,7 @@ def wise_ft(P: Profile, loaded0: models.LoadedModel, run: FineTuneRun, tests: li
         model = copy.deepcopy(loaded0.model)
         model.load_state_dict(cf.interpolate(start, end, float(alpha)))
         status = loaded0.status if alpha == 0 else ("trained" if alpha == 1 else "interpolated")
-        loaded = in_memory(f"{run.loaded.spec}|wise-ft alpha={alpha:g}", model, status,
+        loaded = in_memory(loaded0, f"{run.loaded.spec}|wise-ft alpha={alpha:g}", model, status,
                            {"alpha": float(alpha), "zero_shot": loaded0.spec, "fine_tuned": run.checkpoint})
         for t in tests:
             m = zero_shot_metrics(P, loaded, t, templates)
@@ -320,9 +336,9 @@ def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) 
     before = recall(P, loaded0, captions, test_ids)
     model = copy.deepcopy(loaded0.model)
     freeze = cf.apply_freeze(model, s.get("freeze", "unfreeze"))
-    tuner = cf.FineTuner(model, "captions", seed=P.seed)
+    tuner = cf.FineTuner(model, "captions", seed=P.seed, tokenize=loaded0.tokenize, embed_dim=loaded0.embed_dim)
     res = loaded0.resolution
-    train_tf, train_tcard = transforms.image_transform(res, "bicubic", transforms.CLIP_MEAN, transforms.CLIP_STD,
+    train_tf, train_tcard = transforms.image_transform(res, "bicubic", *loaded0.normalization,
                                                        train=True, aerial=bool(s.get("aerial", False)))
     cfg = train_config(s["train"], P.seed)
     batch = int(s["train"].get("batch_size", 32))
@@ -330,7 +346,7 @@ def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) 
     dev = config.device()
 
     def evaluate(m):
-        current = in_memory(f"{spec}|captions", copy.deepcopy(tuner.clip), "trained")
+        current = in_memory(loaded0, f"{spec}|captions", copy.deepcopy(tuner.clip), "trained")
         return {"mean_recall": recall(P, current, captions, ids["val"])["mean_recall"]}
 
     cfg.metric = "mean_recall"
@@ -338,7 +354,7 @@ def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) 
     ckpt = config.cache_dir() / "checkpoints" / storage.sha256_json({"run": card, "cfg": cfg.card(), "batch": batch})[:20]
     result = loop.train(tuner, loader, lambda m, b: m(b[0].to(dev), b[1], torch.as_tensor(b[2])), evaluate,
                             cfg, ckpt, run_card=card, progress=progress)
-    after_model = in_memory(f"{spec}|caption fine-tuned", tuner.clip, "trained",
+    after_model = in_memory(loaded0, f"{spec}|caption fine-tuned", tuner.clip, "trained",
                             {"objective": "contrastive on captions", "initial": spec})
     after = recall(P, after_model, captions, test_ids)
     sub = captions.image_samples().subset(test_ids, selection="retrieval test images")

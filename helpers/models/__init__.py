@@ -1,5 +1,6 @@
 """Layer 2, models by spec: one grammar for every kind (registry), CLIP checkpoints (clip_models:
-``openai:``, ``file:``, ``scratch:``), ImageNet backbones (backbones: ``torchvision:``),
+``openai:``, ``file:``, ``scratch:``; open_clip_models, hf_models), ImageNet backbones (backbones:
+``torchvision:``, ``timm:``), where fine-tuning finds each model's parts (towers),
 super-resolution networks (upsamplers). The names below are the ones the rest of the lab uses."""
 
 from helpers.core.errors import ModelSpecError, WeightsNotFoundError
@@ -16,8 +17,8 @@ from helpers.models.clip_models import (
     save_openai_state_dict,
     save_torchscript_archive,
 )
-from helpers.models.registry import KINDS, download_url, missing_weights, parse
+from helpers.models.registry import KINDS, download_url, fine_tunable, missing_weights, parse, save_finetuned
 
-__all__ = ["KINDS", "parse", "LoadedModel", "ModelSpecError", "SCRATCH_CONFIGS", "WeightsNotFoundError", "download_url",
+__all__ = ["KINDS", "fine_tunable", "parse", "save_finetuned", "LoadedModel", "ModelSpecError", "SCRATCH_CONFIGS", "WeightsNotFoundError", "download_url",
            "is_torchscript_archive", "load_model", "missing_weights", "openai_weights_path", "parse_scratch",
            "save_openai_state_dict", "save_torchscript_archive"]

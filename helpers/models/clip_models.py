@@ -27,7 +27,7 @@ from clip.model import CLIP, build_model
 
 from helpers.core import config, storage
 from helpers.core.errors import ModelSpecError, WeightsNotFoundError  # noqa: F401 (re-exported)
-from helpers.data.transforms import clip_transform
+from helpers.data.transforms import CLIP_MEAN, CLIP_STD, clip_transform
 from helpers.models import registry
 
 # CLIP(embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
@@ -109,6 +109,13 @@ class LoadedModel:
         if self.preprocess:
             return int(self.preprocess.get("crop") or self.preprocess["size"])
         return int(self.model.visual.input_resolution)
+
+    @property
+    def normalization(self) -> tuple[tuple, tuple]:
+        """(mean, std) the model was trained with (its library's preprocessing, else OpenAI CLIP's)."""
+        if self.preprocess and self.preprocess.get("mean"):
+            return tuple(self.preprocess["mean"]), tuple(self.preprocess["std"])
+        return CLIP_MEAN, CLIP_STD
 
     @property
     def context_length(self) -> int:
@@ -236,7 +243,7 @@ def _load_scratch_spec(spec: str, device=None) -> LoadedModel:
 
 def _loaded(spec, model, sha, status, source, device) -> LoadedModel:
     dev = torch.device(device) if device is not None else config.device()
-    meta = _read_sidecar(source)
+    meta = read_provenance(source)
     if meta.get("trained"):
         status = "trained"
     return LoadedModel(spec, model.float().eval().to(dev), sha, status, source, meta)
@@ -245,17 +252,6 @@ def _loaded(spec, model, sha, status, source, device) -> LoadedModel:
 def _parse_openai(body: str):
     openai_weights_path(body)
     return body
-
-
-registry.register(registry.ModelKind(
-    "openai", "openai:<name> (OpenAI's checkpoints: " + ", ".join(OPENAI_MODELS) + ")", _parse_openai,
-    missing=_openai_missing, url=lambda spec: openai_weights_path(spec.partition(":")[2])[2], load=_load_openai_spec))
-registry.register(registry.ModelKind(
-    "file", "file:<path> (an OpenAI-format state dict or TorchScript archive)", lambda body: Path(body).expanduser(),
-    missing=_file_missing, load=_load_file_spec))
-registry.register(registry.ModelKind(
-    "scratch", "scratch:<config>[,key=value][@seed] (random weights; configs " + ", ".join(SCRATCH_CONFIGS) + ")",
-    lambda body: parse_scratch(body), load=_load_scratch_spec))
 
 
 def _clip_load(name_or_path: str, spec: str, download_root: str | None = None) -> CLIP:
@@ -327,14 +323,29 @@ def _load_openai(spec: str, name: str) -> CLIP:
     return _clip_load(name, spec, download_root=str(path.parent))
 
 
-def _read_sidecar(source: str | None) -> dict:
-    """Provenance written next to checkpoints this suite trains (``x.pt.json``)."""
-    if source and Path(source + ".json").is_file():
+PROVENANCE_FILE = "cliplab.json"  # inside a model folder; beside a file it is ``<file>.json``
+
+
+def provenance_path(source: str | Path) -> Path:
+    """Where the provenance of a checkpoint this suite trained lives: ``x.pt.json`` beside a file, or
+    ``cliplab.json`` inside a saved model folder (so it travels with the folder)."""
+    source = Path(source)
+    return source / PROVENANCE_FILE if source.is_dir() else Path(str(source) + ".json")
+
+
+def read_provenance(source: str | None) -> dict:
+    """Provenance written next to checkpoints this suite trains ({} when there is none or it is unreadable)."""
+    path = provenance_path(source) if source else None
+    if path and path.is_file():
         try:
-            return json.loads(Path(source + ".json").read_text())
+            return json.loads(path.read_text())
         except json.JSONDecodeError:
             return {}
     return {}
+
+
+def write_provenance(source: str | Path, meta: dict) -> None:
+    storage.atomic_write_text(provenance_path(source), json.dumps(meta, indent=2, default=str))
 
 
 def save_openai_state_dict(model: CLIP, path: Path | str, meta: dict | None = None, half: bool = True) -> Path:
@@ -343,8 +354,14 @@ def save_openai_state_dict(model: CLIP, path: Path | str, meta: dict | None = No
           for k, v in model.state_dict().items()}
     path = storage.atomic_torch_save(sd, path)
     if meta is not None:
-        storage.atomic_write_text(Path(str(path) + ".json"), json.dumps(meta, indent=2, default=str))
+        write_provenance(path, meta)
     return path
+
+
+def _save_openai_format(loaded0: LoadedModel, model: CLIP, stem: Path, meta: dict) -> str:
+    """Fine-tuned weights of an openai:/file:/scratch: model: an fp32 OpenAI-format state dict."""
+    path = save_openai_state_dict(model, Path(stem).with_suffix(".pt"), meta, half=False)
+    return f"file:{path}"
 
 
 def save_torchscript_archive(model: CLIP, path: Path | str) -> Path:
@@ -361,3 +378,15 @@ def save_torchscript_archive(model: CLIP, path: Path | str) -> Path:
         torch.jit.save(traced, str(tmp))
     tmp.replace(path)
     return path
+
+
+registry.register(registry.ModelKind(
+    "openai", "openai:<name> (OpenAI's checkpoints: " + ", ".join(OPENAI_MODELS) + ")", _parse_openai,
+    missing=_openai_missing, url=lambda spec: openai_weights_path(spec.partition(":")[2])[2], load=_load_openai_spec,
+    save=_save_openai_format))
+registry.register(registry.ModelKind(
+    "file", "file:<path> (an OpenAI-format state dict or TorchScript archive)", lambda body: Path(body).expanduser(),
+    missing=_file_missing, load=_load_file_spec, save=_save_openai_format))
+registry.register(registry.ModelKind(
+    "scratch", "scratch:<config>[,key=value][@seed] (random weights; configs " + ", ".join(SCRATCH_CONFIGS) + ")",
+    lambda body: parse_scratch(body), load=_load_scratch_spec, save=_save_openai_format))

@@ -84,7 +84,7 @@ def missing_weights(spec: str) -> str | None:
 def load(spec: str, device=None):
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    from helpers.models.clip_models import LoadedModel
+    from helpers.models.clip_models import LoadedModel, read_provenance
 
     body = parse(spec.partition(":")[2])
     why = missing_weights(spec) if _is_local(body) else None
@@ -114,15 +114,34 @@ def load(spec: str, device=None):
                   "resize_mode": "shortest" if processor.size.get("shortest_edge") else "squash"}
     wrapped = HFCLIP(model).float().eval()
     sha = storage.sha256_state_dict(model.state_dict())
-    meta = {"library": "transformers", "class": type(model).__name__, "source": source}
+    provenance = read_provenance(source) if _is_local(body) else {}
+    meta = {"library": "transformers", "class": type(model).__name__, "source": source, **provenance}
     dev = torch.device(device) if device is not None else config.device()
-    status = "checkpoint" if _is_local(body) else "pretrained"
+    status = "trained" if provenance.get("trained") else "checkpoint" if _is_local(body) else "pretrained"
     return LoadedModel(spec, wrapped.to(dev), sha, status, source if _is_local(body) else None, meta,
                        tokenizer=tokenizer, preprocess=preprocess, embed=int(model.config.projection_dim),
                        context=context)
 
 
+def save(loaded0, model: HFCLIP, stem, meta: dict) -> str:
+    """A fine-tuned transformers model as a ``save_pretrained`` folder with the start model's tokenizer
+    and image processor, which ``hf:<folder>`` and transformers' own ``from_pretrained`` read back."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from helpers.models.clip_models import write_provenance
+
+    source = loaded0.meta["source"]
+    kwargs = {} if _is_local(source) else {"cache_dir": str(cache_dir())}
+    folder = Path(stem)
+    with storage.atomic_folder(folder) as tmp:
+        model.model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source, **kwargs).save_pretrained(tmp)
+        AutoImageProcessor.from_pretrained(source, **kwargs).save_pretrained(tmp)
+        write_provenance(tmp, meta)
+    return f"hf:{folder}"
+
+
 registry.register(registry.ModelKind(
     "hf", "hf:<org>/<repo> | hf:<save_pretrained folder> (transformers CLIP-family models)", parse,
     missing=missing_weights, url=lambda spec: None if _is_local(spec.partition(":")[2])
-    else f"https://huggingface.co/{spec.partition(':')[2]}", load=load))
+    else f"https://huggingface.co/{spec.partition(':')[2]}", load=load, save=save))

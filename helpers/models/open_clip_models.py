@@ -4,6 +4,8 @@ factory, preprocessing and tokenizer):
     open_clip:ViT-B-32:laion2b_s34b_b79k     a pretrained tag (downloaded to $CLIPLAB_CACHE/open_clip)
     open_clip:ViT-B-32:/models/RemoteCLIP-ViT-B-32.pt   a local checkpoint file (e.g. a domain CLIP)
     open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K   a model published on the Hugging Face hub
+    open_clip:local-dir:/models/my-clip      a folder in the hub layout (open_clip_config.json + weights),
+                                             e.g. a downloaded hub snapshot or a model notebook 06 fine-tuned
     open_clip:ViT-B-32                       the architecture with random weights (tests, speed)
 
 The model's own mean/std/interpolation/resize mode (``visual.preprocess_cfg``) and tokenizer are used.
@@ -12,6 +14,7 @@ The model's own mean/std/interpolation/resize mode (``visual.preprocess_cfg``) a
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 
 import torch
@@ -30,9 +33,15 @@ def _is_path(text: str) -> bool:
 
 
 def parse(body: str) -> tuple[str, str, str | None]:
-    """``(kind, model or repo, tag or path or None)`` with kind ``hub`` | ``tag`` | ``file`` | ``random``."""
+    """``(kind, model or repo or folder, tag or path or None)`` with kind ``hub`` | ``dir`` | ``tag`` |
+    ``file`` | ``random``."""
     import open_clip
 
+    if body.startswith("local-dir:"):
+        folder = body[len("local-dir:"):]
+        if not folder:
+            raise ModelSpecError(f"open_clip:{body}: use open_clip:local-dir:<folder holding open_clip_config.json>")
+        return "dir", str(Path(folder).expanduser()), None
     if body.startswith("hf-hub:"):
         repo = body[len("hf-hub:"):].strip("/")
         if repo.count("/") != 1:
@@ -66,6 +75,7 @@ def _hub_file(repo: str, filenames: tuple[str, ...]) -> str | None:
 
 
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+CONFIG_FILE = "open_clip_config.json"
 
 
 def download_url(spec: str) -> str | None:
@@ -87,6 +97,10 @@ def missing_weights(spec: str) -> str | None:
         path = Path(weights).expanduser()
         return None if path.is_file() else (f"{spec}: checkpoint file {path} does not exist; place the "
                                             "open_clip checkpoint (.pt/.bin/.safetensors) there")
+    if kind == "dir":
+        return None if (Path(name) / CONFIG_FILE).is_file() else (
+            f"{spec}: {name} holds no {CONFIG_FILE}; place an open_clip model folder there (the hub layout: "
+            f"{CONFIG_FILE} with model_cfg and preprocess_cfg, and {WEIGHT_FILES[0]} or {WEIGHT_FILES[1]})")
     if kind == "random":
         return None
     if kind == "hub":
@@ -110,12 +124,12 @@ def load(spec: str, device=None):
     """The model, with its own preprocessing and tokenizer, as a :class:`LoadedModel`."""
     import open_clip
 
-    from helpers.models.clip_models import LoadedModel
+    from helpers.models.clip_models import LoadedModel, read_provenance
 
     kind, name, weights = parse(spec.partition(":")[2])
-    if kind == "file" and not Path(weights).expanduser().is_file():
+    if kind in ("file", "dir") and missing_weights(spec):
         raise WeightsNotFoundError(missing_weights(spec))
-    model_name = f"hf-hub:{name}" if kind == "hub" else name
+    model_name = _model_name(kind, name)
     pretrained = str(Path(weights).expanduser()) if kind == "file" else weights
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
@@ -131,8 +145,11 @@ def load(spec: str, device=None):
     if kind == "file":
         sha, source, status = storage.sha256_file(Path(weights).expanduser()), str(Path(weights).expanduser()), "checkpoint"
     else:
-        sha, source = storage.sha256_state_dict(model.state_dict()), None
-        status = "untrained" if kind == "random" else "pretrained"
+        sha, source = storage.sha256_state_dict(model.state_dict()), (name if kind == "dir" else None)
+        status = {"random": "untrained", "dir": "checkpoint"}.get(kind, "pretrained")
+    provenance = read_provenance(source)
+    if provenance.get("trained"):
+        status = "trained"
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", 224)
     preprocess = {"size": int(size if isinstance(size, int) else size[0]), "mean": tuple(cfg.get("mean", ())),
@@ -140,11 +157,56 @@ def load(spec: str, device=None):
                   "resize_mode": cfg.get("resize_mode", "shortest")}
     context = int(getattr(tokenizer, "context_length", getattr(model, "context_length", 77)))
     dev = torch.device(device) if device is not None else config.device()
-    return LoadedModel(spec, model.float().eval().to(dev), sha, status, source, {"library": "open_clip",
-                       "model": name, "weights": weights}, tokenizer=lambda texts: tokenizer(list(texts)),
+    meta = {"library": "open_clip", "model": name, "weights": weights, **provenance}
+    return LoadedModel(spec, model.float().eval().to(dev), sha, status, source, meta,
+                       tokenizer=lambda texts: tokenizer(list(texts)),
                        preprocess=preprocess, embed=int(model.visual.output_dim), context=context)
 
 
+def _model_name(kind: str, name: str) -> str:
+    return {"hub": f"hf-hub:{name}", "dir": f"local-dir:{name}"}.get(kind, name)
+
+
+def _model_config(kind: str, name: str) -> dict:
+    """The architecture config of a model, as open_clip_config.json states it (from the library's own
+    configs, the hub cache or the model folder)."""
+    import open_clip
+
+    if kind == "hub":
+        path = _hub_file(name, (CONFIG_FILE,))
+        if path is None:
+            raise WeightsNotFoundError(f"open_clip:hf-hub:{name}: its {CONFIG_FILE} is not in {cache_dir()}")
+        cfg = json.loads(Path(path).read_text())
+        return cfg.get("model_cfg", cfg)
+    cfg = open_clip.get_model_config(_model_name(kind, name))
+    if cfg is None:
+        raise ModelSpecError(f"open_clip model {name}: no architecture config found to save it with")
+    return cfg
+
+
+def save(loaded0, model, stem, meta: dict) -> str:
+    """A fine-tuned open_clip model as a folder in the hub layout (``open_clip_config.json`` with the
+    architecture and preprocessing, ``open_clip_model.safetensors``, the tokenizer's files when it has
+    any), which ``open_clip:local-dir:<folder>`` and open_clip's own ``create_model`` read back."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from helpers.models.clip_models import write_provenance
+
+    kind, name, _ = parse(loaded0.spec.partition(":")[2])
+    cfg = {"model_cfg": _model_config(kind, name), "preprocess_cfg": dict(getattr(model.visual, "preprocess_cfg", {}))}
+    tokenizer = open_clip.get_tokenizer(_model_name(kind, name), cache_dir=str(cache_dir()))
+    folder = Path(stem)
+    with storage.atomic_folder(folder) as tmp:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()},
+                  str(tmp / WEIGHT_FILES[0]))
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(tmp))
+        write_provenance(tmp, meta)
+    return f"open_clip:local-dir:{folder}"
+
+
 registry.register(registry.ModelKind(
-    "open_clip", "open_clip:<model>:<pretrained tag or checkpoint path> | open_clip:hf-hub:<org>/<repo>",
-    parse, missing=missing_weights, url=download_url, load=load))
+    "open_clip", "open_clip:<model>:<pretrained tag or checkpoint path> | open_clip:hf-hub:<org>/<repo> | "
+    "open_clip:local-dir:<folder>", parse, missing=missing_weights, url=download_url, load=load, save=save))

@@ -5,6 +5,9 @@ parsed, where its weights come from, why they may be missing offline, and how it
     file:/path/model.pt          a local OpenAI-format state dict or TorchScript archive
     scratch:tiny-vit[,k=v][@seed]  an architecture with random weights (tests, speed)
     torchvision:resnet50[@DEFAULT]  an ImageNet backbone (notebooks 03 and 05)
+    open_clip:<model>:<tag|path> | open_clip:hf-hub:<org>/<repo> | open_clip:local-dir:<folder>
+    hf:<org>/<repo> | hf:<save_pretrained folder>   transformers CLIP-family models
+    timm:<name>[@pretrained|@<path>]                ImageNet backbones from timm
     06:<objective>[:<spec>]      the checkpoint notebook 06 recorded in this profile
 
 This module imports no model code: the kinds register themselves when ``helpers.models`` is imported,
@@ -27,6 +30,9 @@ class ModelKind:
     missing: Callable[[str], str | None] = lambda spec: None  # why it cannot load offline, with the fix
     url: Callable[[str], str | None] = lambda spec: None  # where its weights download from
     load: Callable | None = None  # (spec, device) -> loaded model; None: resolved elsewhere (06:)
+    # (loaded start model, fine-tuned module, path without suffix, provenance) -> spec of the saved weights,
+    # in the kind's own library format; None: this kind is not fine-tuned (e.g. ImageNet backbones)
+    save: Callable | None = None
 
 
 KINDS: dict[str, ModelKind] = {}
@@ -64,6 +70,20 @@ def download_url(spec: str) -> str | None:
     """Where a spec's weights are downloaded from (None for local or random weights)."""
     kind, _ = split(spec)
     return kind.url(spec)
+
+
+def save_finetuned(loaded0, model, stem, meta: dict) -> str:
+    """Save fine-tuned weights of a model loaded from ``loaded0.spec`` in its own library's format, with
+    the provenance beside them; returns the spec that reads them back."""
+    kind, _ = split(loaded0.spec)
+    if kind.save is None:
+        raise ModelSpecError(f"{loaded0.spec}: {kind.name}: models are not fine-tuned by this suite")
+    return kind.save(loaded0, model, stem, meta)
+
+
+def fine_tunable() -> list[str]:
+    """The kinds whose models notebook 06 can fine-tune and save."""
+    return [name for name, kind in KINDS.items() if kind.save is not None]
 
 
 def _parse_checkpoint_reference(body: str):

@@ -1,5 +1,5 @@
 """Fine-tuning CLIP on a classification dataset: objectives, freezing strategies, text augmentation,
-WiSE-FT weight interpolation, and saving in OpenAI's format so ``file:<path>`` loads the result.
+WiSE-FT weight interpolation, on any CLIP layout :mod:`helpers.models.towers` knows.
 
 Objectives (each a value of ``objective``):
 - ``ML``: the image encoder + a linear head, cross-entropy (head optionally initialised from the
@@ -20,66 +20,41 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from clip.model import CLIP, ModifiedResNet
 
 from helpers.data import prompts
 from helpers.eval import zeroshot
+from helpers.models import towers
 
 OBJECTIVES = ("ML", "CS", "FLYP", "LP-FT")
 
 
 # ------------------------------------------------------------------------------------ freezing
-def _vision_stages(visual) -> list[torch.nn.Module]:
-    """The vision tower as an ordered list of stages (stem first) for ``vision-freeze N``."""
-    if isinstance(visual, ModifiedResNet):
-        stem = torch.nn.ModuleList([visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3])
-        return [stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4]
-    stem = torch.nn.ModuleList([visual.conv1, visual.ln_pre])
-    return [stem, *visual.transformer.resblocks]
-
-
-def apply_freeze(model: CLIP, strategy: str = "unfreeze", freeze_text: bool = False) -> dict:
-    """Set ``requires_grad`` for a strategy: ``unfreeze`` | ``vision-freeze N`` | ``mix-freeze``.
+def apply_freeze(model: torch.nn.Module, strategy: str = "unfreeze", freeze_text: bool = False) -> dict:
+    """Set ``requires_grad`` for a strategy: ``unfreeze`` | ``vision-freeze N`` | ``mix-freeze``, on any
+    CLIP layout :func:`towers.parts` knows (OpenAI, open_clip, transformers).
 
     ``vision-freeze N`` freezes the stem and the first N blocks (ViT) or stages (ResNet) of the image
     tower. ``mix-freeze`` freezes the backbones of both towers and trains their projections, their last
     block, the final norms and the logit scale. ``freeze_text`` freezes the whole text tower.
     Returns {"strategy", "trainable", "total"}.
     """
-    for p in model.parameters():
-        p.requires_grad_(True)
-    visual = model.visual
+    p = towers.parts(model)
+    model.requires_grad_(True)
     if strategy.startswith("vision-freeze"):
         try:
             n = int(strategy.split()[1])
         except (IndexError, ValueError) as e:
             raise ValueError(f"freeze strategy {strategy!r}: use 'vision-freeze N' with a block count") from e
-        stages = _vision_stages(visual)
-        if not 0 <= n < len(stages):
-            raise ValueError(f"vision-freeze {n}: the image tower has {len(stages) - 1} blocks after its stem")
-        for stage in stages[: n + 1]:
-            stage.requires_grad_(False)
-        if not isinstance(visual, ModifiedResNet):
-            visual.class_embedding.requires_grad_(False)
-            visual.positional_embedding.requires_grad_(False)
+        if not 0 <= n <= len(p.blocks):
+            raise ValueError(f"vision-freeze {n}: the image tower has {len(p.blocks)} blocks after its stem")
+        towers.set_trainable([*p.stem, *p.blocks[:n]], False)
     elif strategy == "mix-freeze":
         model.requires_grad_(False)
-        last_visual = visual.layer4[-1] if isinstance(visual, ModifiedResNet) else visual.transformer.resblocks[-1]
-        trainable = [last_visual, model.transformer.resblocks[-1], model.ln_final]
-        trainable.append(visual.attnpool if isinstance(visual, ModifiedResNet) else visual.ln_post)
-        for m in trainable:
-            m.requires_grad_(True)
-        if not isinstance(visual, ModifiedResNet):
-            visual.proj.requires_grad_(True)
-        model.text_projection.requires_grad_(True)
-        model.logit_scale.requires_grad_(True)
+        towers.set_trainable([p.blocks[-1], *p.image_head, *p.text_head, p.logit_scale], True)
     elif strategy != "unfreeze":
         raise ValueError(f"freeze strategy {strategy!r}: use unfreeze, 'vision-freeze N' or mix-freeze")
     if freeze_text:
-        for m in (model.transformer, model.token_embedding, model.ln_final):
-            m.requires_grad_(False)
-        model.positional_embedding.requires_grad_(False)
-        model.text_projection.requires_grad_(False)
+        towers.set_trainable(p.text, False)
     return {"strategy": strategy, "freeze_text": freeze_text,
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total": sum(p.numel() for p in model.parameters())}
@@ -113,13 +88,15 @@ class FineTuner(torch.nn.Module):
     loss over image-caption pairs, for retrieval fine-tuning; ``groups`` gives each pair's image id).
     """
 
-    def __init__(self, clip_model: CLIP, objective: str, classnames: list[str] | None = None,
+    def __init__(self, clip_model: torch.nn.Module, objective: str, classnames: list[str] | None = None,
                  templates="centered-satellite", seed: int = 0, head_init: torch.Tensor | None = None,
-                 head_bias: torch.Tensor | None = None, eval_templates=None):
+                 head_bias: torch.Tensor | None = None, eval_templates=None, tokenize=None, embed_dim: int | None = None):
+        """``tokenize``: the model's own tokenizer (``LoadedModel.tokenize``; default OpenAI's BPE at the
+        model's context length); ``embed_dim``: its joint embedding size (default read off OpenAI's layout)."""
         super().__init__()
         if objective not in OBJECTIVES + ("captions",):
             raise ValueError(f"objective {objective!r}: use one of {OBJECTIVES + ('captions',)}")
-        self.clip, self.objective = clip_model, objective
+        self.clip, self.objective, self.tokenize = clip_model, objective, tokenize
         # training samples prompts from ``templates``; validation, model selection and the reported test
         # number use ``eval_templates`` (default: the same), the set the record states
         self.classnames, self.templates = list(classnames or []), templates
@@ -127,16 +104,14 @@ class FineTuner(torch.nn.Module):
         self.sampler = PromptSampler(self.classnames, templates, seed) if classnames else None
         self.head = None
         if objective in ("ML", "LP-FT"):
-            self.head = torch.nn.Linear(clip_model.text_projection.shape[1], len(self.classnames))
+            self.head = torch.nn.Linear(embed_dim or clip_model.text_projection.shape[1], len(self.classnames))
             with torch.no_grad():
                 if head_init is not None:
                     self.head.weight.copy_(head_init.float())
                     self.head.bias.copy_(head_bias.float() if head_bias is not None else 0.0)
             # the text tower and the temperature take no part: frozen, so DDP sees no unused parameters
-            for m in (clip_model.transformer, clip_model.token_embedding, clip_model.ln_final):
-                m.requires_grad_(False)
-            for p in (clip_model.positional_embedding, clip_model.text_projection, clip_model.logit_scale):
-                p.requires_grad_(False)
+            parts = towers.parts(clip_model)
+            towers.set_trainable([*parts.text, parts.logit_scale], False)
         self._classifier: torch.Tensor | None = None
         self._classifier_weights: tuple | None = None  # weights_version() the classifier was built from
 
@@ -160,14 +135,14 @@ class FineTuner(torch.nn.Module):
         if self.head is not None:
             return F.cross_entropy(self.head(img), torch.as_tensor(targets, device=img.device))
         if self.objective == "CS":  # a fresh random prompt per class, every step
-            txt = encode_prompts(self.clip, self.sampler.for_classes(range(len(self.classnames))))
+            txt = encode_prompts(self.clip, self.sampler.for_classes(range(len(self.classnames))), self.tokenize)
             return F.cross_entropy(self.scale() * img @ txt.T, torch.as_tensor(targets, device=img.device))
         if self.objective == "FLYP":  # one random prompt per image; same-class prompts are positives too
             labels = torch.as_tensor(targets)
-            txt = encode_prompts(self.clip, self.sampler.for_classes(labels.tolist()))
+            txt = encode_prompts(self.clip, self.sampler.for_classes(labels.tolist()), self.tokenize)
             same = (labels[:, None] == labels[None, :]).float().to(img.device)
         else:  # captions: the pairs of one image (``groups``: image ids) are each other's positives
-            txt = encode_prompts(self.clip, list(targets))
+            txt = encode_prompts(self.clip, list(targets), self.tokenize)
             g = torch.arange(len(txt)) if groups is None else torch.as_tensor(groups)
             same = (g[:, None] == g[None, :]).float().to(img.device)
         logits = self.scale() * img @ txt.T
@@ -183,7 +158,7 @@ class FineTuner(torch.nn.Module):
         """
         version = weights_version(self.clip)
         if self._classifier is None or self._classifier_weights != version:
-            self._classifier = prompt_classifier(self.clip, self.classnames, self.eval_templates)
+            self._classifier = prompt_classifier(self.clip, self.classnames, self.eval_templates, self.tokenize)
             self._classifier_weights = version
         return self._classifier
 
@@ -214,21 +189,25 @@ def weights_version(module: torch.nn.Module) -> tuple:
     return tuple((id(t), t._version) for t in module.state_dict(keep_vars=True).values() if torch.is_tensor(t))
 
 
-def encode_prompts(model: CLIP, texts: list[str]) -> torch.Tensor:
-    import clip
+def encode_prompts(model: torch.nn.Module, texts: list[str], tokenize=None) -> torch.Tensor:
+    """Normalised text embeddings; ``tokenize``: the model's own tokenizer (default: OpenAI's BPE)."""
+    if tokenize is None:
+        import clip
 
-    tokens = clip.tokenize(texts, context_length=model.context_length, truncate=True)
+        tokens = clip.tokenize(texts, context_length=model.context_length, truncate=True)
+    else:
+        tokens = tokenize(texts)
     return F.normalize(model.encode_text(tokens.to(model.logit_scale.device)), dim=-1)
 
 
 @torch.no_grad()
-def prompt_classifier(model: CLIP, classnames: list[str], templates) -> torch.Tensor:
+def prompt_classifier(model: torch.nn.Module, classnames: list[str], templates, tokenize=None) -> torch.Tensor:
     """The zero-shot classifier of ``model`` in eval mode, without touching the feature cache (the
     weights change every epoch during training)."""
     was_training = model.training
     model.eval()
     tmpl = prompts.templates(templates)
-    emb = encode_prompts(model, prompts.format_prompts(classnames, tmpl)).float()
+    emb = encode_prompts(model, prompts.format_prompts(classnames, tmpl), tokenize).float()
     emb = F.normalize(emb.view(len(classnames), len(tmpl), -1).mean(1), dim=-1)
     model.train(was_training)
     return emb
@@ -247,7 +226,8 @@ def interpolate(zero_shot: dict, fine_tuned: dict, alpha: float) -> dict:
     return out
 
 
-def logits_with(model: CLIP, image_features: torch.Tensor, classnames: list[str], templates) -> np.ndarray:
+def logits_with(model: torch.nn.Module, image_features: torch.Tensor, classnames: list[str], templates,
+                tokenize=None) -> np.ndarray:
     """scale x cos logits of precomputed image features against ``model``'s prompt classifier."""
-    classifier = prompt_classifier(model, classnames, templates)
+    classifier = prompt_classifier(model, classnames, templates, tokenize)
     return zeroshot.logits(image_features, classifier, float(model.logit_scale.exp().clamp(max=100))).numpy()
