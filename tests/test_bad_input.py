@@ -107,6 +107,135 @@ def test_bad_image_through_encode_dataset_caches_nothing(tmp_path, bad_files):
     assert not list(features.features_dir().glob("*.pt"))
 
 
+# ------------------------------------------------------------------------------ decompression bombs
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A real PNG file of a few dozen bytes whose header claims ``width`` x ``height`` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_a_bad_image_error_naming_the_file(tmp_path):
+    bomb = _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)  # 10^10 pixels in 57 bytes
+    with pytest.raises(BadImageError, match="too large to decode safely") as e:
+        data.load_rgb(bomb)
+    assert str(bomb) in str(e.value) and "MAX_IMAGE_PIXELS" in str(e.value)
+
+
+def test_the_bad_image_scan_lists_a_decompression_bomb_instead_of_crashing(tmp_path, bad_files):
+    bomb = _png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    bad = data.find_bad_images([bad_files["good"], bomb, bad_files["truncated"], tmp_path / "gone.jpg"])
+    assert [p for p, _ in bad] == [str(bomb), str(bad_files["truncated"]), str(tmp_path / "gone.jpg")]
+    assert "exceeds limit" in dict(bad)[str(bomb)]
+
+
+def test_the_decompression_bomb_limit_is_pils_and_an_image_near_it_decodes_with_a_warning_naming_it(
+        bad_files, monkeypatch):
+    from PIL import Image as PILImage
+
+    good = bad_files["good"]  # 64 x 64 = 4,096 pixels
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1_000)  # over twice the limit: refused
+    with pytest.raises(BadImageError, match="too large") as e:
+        data.load_rgb(good)
+    assert str(good) in str(e.value)
+    assert [p for p, _ in data.find_bad_images([good])] == [str(good)]
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 3_000)  # over the limit, under twice it: PIL warns
+    with pytest.warns(PILImage.DecompressionBombWarning, match=str(good)):
+        assert data.load_rgb(good).size == (64, 64)
+
+
+# ------------------------------------------------------------------- files a folder scan does not read
+def test_files_not_read_as_images_are_named_in_a_warning_and_in_every_split_card(tmp_path):
+    """Broken symlinks, unknown extensions, hidden files and images beside the class folders are never
+    dropped silently: a warning names the count and the first few, the card of every split lists them."""
+    root = tmp_path / "ds"
+    for cls in ("cat", "dog"):
+        for i in range(5):
+            _good_jpeg(root / cls / f"{i}.jpg", size=16 + i)
+    _good_jpeg(root / "cat" / "5.jfif", size=40)  # JPEG by another name: read as an image
+    _good_jpeg(root / "dog" / "5.JPE", size=41)
+    (root / "cat" / "photo.heic").write_bytes(b"not decodable here")
+    (root / "dog" / "scan.xyz").write_bytes(b"?")
+    (root / "dog" / "moved.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (root / "dog" / ".DS_Store").write_bytes(b"\0")
+    _good_jpeg(root / "stray.jpg")  # beside the class folders: in no class
+
+    with pytest.warns(data.SkippedFilesWarning) as caught:
+        splits = data.load_image_folder(root, val_fraction=0, test_fraction=0.5)
+    msg = str(caught[0].message)
+    assert str(root) in msg and "5 file(s) not read as images" in msg
+    for what in ("1 broken symlink", "(.heic)", "(.xyz)", "1 hidden", "1 beside the class folders",
+                 "dog/moved.jpg", "cat/photo.heic", "stray.jpg"):
+        assert what in msg, what
+    assert sum(len(s) for s in splits.values()) == 12  # 5 + 5 .jpg, the .jfif and the .JPE
+    assert any(p.name == "5.jfif" for s in splits.values() for p in s.paths)
+    for s in splits.values():
+        card = s.card()["split_protocol"]  # what every record of this split states
+        assert card["skipped_files"] == 5
+        assert card["skipped_why"] == {"broken symlink": 1, "not an image extension (.heic)": 1,
+                                       "not an image extension (.xyz)": 1, "hidden (name starts with '.')": 1,
+                                       "beside the class folders, in no class": 1}
+        assert set(card["skipped_examples"]) == {"cat/photo.heic", "dog/.DS_Store", "dog/moved.jpg",
+                                                 "dog/scan.xyz", "stray.jpg"}
+
+
+def test_split_folders_list_each_splits_own_skipped_files_and_warn_once_per_folder(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            for i in range(3):
+                _good_jpeg(tmp_path / split / cls / f"{i}.jpg", size=16 + i)
+    (tmp_path / "test" / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.warns(data.SkippedFilesWarning) as caught:
+        splits = data.load_image_folder(tmp_path, val_fraction=0)
+    assert [str(w.message).split(":")[0] for w in caught] == [str(tmp_path.resolve() / "test")]
+    assert splits["test"].split_protocol["skipped_examples"] == ["b/gone.png"]
+    assert "skipped_files" not in splits["train"].split_protocol
+
+
+def test_a_class_folder_of_unknown_formats_says_what_it_holds(tmp_path):
+    for i in range(3):
+        _good_jpeg(tmp_path / "a" / f"{i}.jpg")
+        (tmp_path / "b" / f"{i}.heic").parent.mkdir(exist_ok=True)
+        (tmp_path / "b" / f"{i}.heic").write_bytes(b"x")
+    with pytest.raises(DatasetError, match=r"has no images .*3 not an image extension \(\.heic\)") as e:
+        data.load_image_folder(tmp_path)
+    assert str(tmp_path / "b") in str(e.value)
+
+
+def test_one_rule_decides_what_is_an_image(tmp_path):
+    from helpers.data import images
+
+    (tmp_path / "x.JFIF").write_bytes(b"")
+    (tmp_path / "x.txt").write_bytes(b"")
+    (tmp_path / "link.png").symlink_to(tmp_path / "absent.png")
+    assert images.skip_reason(tmp_path / "x.JFIF") is None and images.is_image_file(tmp_path / "x.JFIF")
+    assert images.skip_reason(tmp_path / "x.txt") == "not an image extension (.txt)"
+    assert images.skip_reason(tmp_path / "link.png") == "broken symlink"
+    assert images.skip_reason(tmp_path / "x.JFIF", tmp_path.parent) is None
+    assert images.skip_reason(tmp_path / "x.JFIF", tmp_path.parent.parent) is None
+    assert "hidden" in images.skip_reason(tmp_path / ".x.png")
+    assert images.skip_reason(tmp_path, tmp_path.parent) == "not a regular file"
+
+
+def test_a_broken_symlink_in_a_split_csv_is_named(tmp_path):
+    for split in ("train", "test"):
+        rows = ["filename,classname"]
+        for cls in ("a", "b"):
+            _good_jpeg(tmp_path / "img" / f"{split}-{cls}.jpg")
+            rows.append(f"img/{split}-{cls}.jpg,{cls}")
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "img" / "test-b.jpg").unlink()
+    (tmp_path / "img" / "test-b.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    with pytest.raises(DatasetError, match=r"test.csv lists img/test-b.jpg, a broken symlink"):
+        data.load_image_folder(tmp_path)
+
+
 # --------------------------------------------------------------------------------------- odd modes
 def _saved(img: Image.Image, path: Path, **kw) -> Path:
     img.save(path, **kw)

@@ -36,6 +36,11 @@ class ConfigError(ValueError):
     what was given. The suite turns it into exit code 2 before any work starts."""
 
 
+class SkippedFilesWarning(UserWarning):
+    """Files in a dataset folder that are not read as images (hidden, broken symlinks, other extensions);
+    the message names them and the dataset card lists them."""
+
+
 class StaleCacheWarning(UserWarning):
     """A cache file existed but could not be used; it is being rebuilt."""
 

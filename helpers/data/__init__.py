@@ -3,7 +3,7 @@ names (classnames), folder layouts and splits (layouts), EuroSAT (eurosat), imag
 (captions), the embedded synthetic set (synthetic), preprocessing (transforms), prompt templates
 (prompts). The names below are the ones the rest of the lab uses."""
 
-from helpers.core.errors import BadImageError, DatasetError
+from helpers.core.errors import BadImageError, DatasetError, SkippedFilesWarning
 from helpers.data.captions import CaptionSet, load_captions, load_captions_csv, load_captions_karpathy
 from helpers.data.classnames import readable_classnames, resolve_classnames
 from helpers.data.eurosat import (
@@ -27,4 +27,5 @@ from helpers.data.samples import ImageDataset, Samples
 __all__ = ["BadImageError", "CaptionSet", "load_captions", "DatasetError", "EUROSAT_CLASSES", "EUROSAT_CLASSNAMES", "IMAGE_EXTENSIONS",
            "ImageDataset", "Samples", "readable_classnames", "detect_layout", "download_eurosat", "eurosat_root",
            "find_bad_images", "load_captions_csv", "load_captions_karpathy", "load_eurosat", "load_image_folder",
-           "load_rgb", "resolve_classnames", "scan_class_folders", "SPLIT_NAMES", "split_of", "stratified_split", "to_rgb"]
+           "load_rgb", "resolve_classnames", "scan_class_folders", "SkippedFilesWarning", "SPLIT_NAMES", "split_of",
+           "stratified_split", "to_rgb"]

@@ -8,21 +8,25 @@ never guessed silently: what could mean two things is an error that says what to
   split here into train/val/test, stratified and seeded.
 
 A root holding a single folder and nothing else (how many archives unpack) is entered. Images inside a
-class folder's sub-folders are an error unless the card says ``recursive: true``; hidden folders and
-files that are not images are skipped and listed in the split's card.
+class folder's sub-folders are an error unless the card says ``recursive: true``. Whatever is not read as
+an image (hidden entries, broken symlinks, other extensions, files beside the class folders; the rule is
+:func:`helpers.data.images.skip_reason`) is named in a :class:`SkippedFilesWarning` and listed in the
+split's card (``skipped_files``, ``skipped_why``, ``skipped_examples``), never dropped silently.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from helpers.core.errors import DatasetError
+from helpers.core.errors import DatasetError, SkippedFilesWarning
 from helpers.data.classnames import readable_classnames, resolve_classnames
-from helpers.data.images import IMAGE_EXTENSIONS
+from helpers.data.images import IMAGE_EXTENSIONS, is_image_file, skip_reason
 from helpers.data.samples import Samples
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
@@ -33,10 +37,6 @@ def split_of(folder_name: str) -> str | None:
     """``valid`` -> val, ``Test`` -> test, ``Forest`` -> None."""
     low = folder_name.lower()
     return next((s for s, names in SPLIT_NAMES.items() if low in names), None)
-
-
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -55,43 +55,63 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None, recursive
     if missing:
         raise DatasetError(f"{folder} lacks class folders {missing} (it has {found})")
     if not classes:
-        loose = [p.name for p in folder.iterdir() if p.is_file() and _is_image(p)][:3]
+        loose = [p.name for p in folder.iterdir() if p.is_file() and is_image_file(p)][:3]
         hint = f" (it holds images such as {loose} directly: put them in one folder per class)" if loose else ""
         raise DatasetError(f"{folder} has no class folders (expected <class>/<image> inside){hint}")
-    paths, labels, skipped, nested = [], [], [], {}
+    paths, labels, nested = [], [], {}
+    # files beside the class folders belong to no class: named like every other file not read
+    skipped = [(p, skip_reason(p, folder) or "beside the class folders, in no class")
+               for p in sorted(folder.iterdir()) if not p.is_dir()]
     for y, cls in enumerate(classes):
-        files = []
+        files, here = [], []
         for p in sorted((folder / cls).rglob("*") if recursive else (folder / cls).iterdir()):
             if p.is_dir():
                 if p.name.startswith("."):
-                    skipped.append(p)
+                    here.append((p, "hidden folder (name starts with '.')"))
                 elif not recursive:
                     nested.setdefault(cls, []).append(p.name)
                 continue
-            if any(part.startswith(".") for part in p.relative_to(folder / cls).parts):
-                skipped.append(p)
-            elif _is_image(p):
+            why = skip_reason(p, folder / cls)
+            if why is None:
                 files.append(p)
             else:
-                skipped.append(p)
+                here.append((p, why))
         if not files and cls not in nested:
-            raise DatasetError(f"class folder {folder / cls} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}); "
-                               "remove the folder or add images")
+            seen = f"; it holds {_reasons(here)}" if here else ""
+            raise DatasetError(f"class folder {folder / cls} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}"
+                               f"{seen}); remove the folder or add images")
         paths += files
         labels += [y] * len(files)
+        skipped += here
     if nested:
         shown = "; ".join(f"{c}/: {', '.join(subs[:3])}" for c, subs in list(nested.items())[:3])
         raise DatasetError(f"{folder}: class folders hold sub-folders ({shown}). Is each of them a class "
                            "(point root at the class folder's parent), or more images of its class "
                            "(set recursive: true in the dataset card)?")
-    return paths, np.asarray(labels, dtype=np.int64), list(classes), _skipped_card(skipped, folder)
+    card = _skipped_card(skipped, folder)
+    if card:
+        warnings.warn(f"{folder}: {card['skipped_files']} file(s) not read as images: {_reasons(skipped)}; e.g. "
+                      f"{', '.join(card['skipped_examples'])} (listed in the dataset card as skipped_files)",
+                      SkippedFilesWarning, stacklevel=2)
+    return paths, np.asarray(labels, dtype=np.int64), list(classes), card
 
 
-def _skipped_card(skipped: list[Path], root: Path) -> dict:
+def _reasons(skipped: list[tuple[Path, str]]) -> str:
+    """'3 not an image extension (.txt), 1 broken symlink'."""
+    return ", ".join(f"{n} {why}" for why, n in Counter(why for _, why in skipped).most_common())
+
+
+def _skipped_card(skipped: list[tuple[Path, str]], root: Path, shown: int = 5) -> dict:
+    """Count, reasons and the first few names of the entries not read; one example of every reason first."""
     if not skipped:
         return {}
-    return {"skipped_files": len(skipped), "skipped_examples": [str(p.relative_to(root)) for p in skipped[:5]],
-            "skipped_why": "not an image by extension, or hidden (files and folders starting with '.')"}
+    first: dict[str, Path] = {}
+    for p, why in skipped:
+        first.setdefault(why, p)
+    examples = list(first.values())[:shown]
+    examples += [p for p, _ in skipped if p not in examples][:shown - len(examples)]
+    return {"skipped_files": len(skipped), "skipped_why": dict(Counter(why for _, why in skipped).most_common()),
+            "skipped_examples": [p.relative_to(root).as_posix() for p in sorted(examples)]}
 
 
 def stratified_split(samples: Samples, fraction: float, seed: int, names: tuple[str, str]) -> tuple[Samples, Samples]:
@@ -156,7 +176,7 @@ def detect_layout(root: Path, splits: dict | None = None) -> tuple[str, Path, di
     while True:
         subs = _subdirs(start)
         has_files = any(p.is_file() and not p.name.startswith(".") for p in start.iterdir())
-        inner_images = len(subs) == 1 and any(p.is_file() and _is_image(p) for p in subs[0].iterdir())
+        inner_images = len(subs) == 1 and any(p.is_file() and is_image_file(p) for p in subs[0].iterdir())
         if len(subs) == 1 and not has_files and split_of(subs[0].name) is None and not inner_images \
                 and _subdirs(subs[0]):
             start = subs[0]  # an archive's single top folder, or torchvision's eurosat/2750
@@ -220,6 +240,8 @@ def _read_split_csv(csv_path: Path) -> tuple[list[Path], list[str]]:
         rel = r[path_col].strip()
         cls = r[name_col].strip() if name_col is not None else (Path(rel).parent.name or str(r[label_col]).strip())
         p = base / rel
+        if p.is_symlink() and not p.exists():
+            raise DatasetError(f"{csv_path} lists {rel}, a broken symlink (to {p.readlink()})")
         if not p.exists():
             for sub in ("2750", "EuroSAT", "images"):
                 if (base / sub / rel).exists():
@@ -260,14 +282,15 @@ def load_image_folder(root: Path | str, name: str | None = None, classnames=None
 
     if layout == "split-folders":
         first = found.get("train") or next(iter(found.values()))
-        _, _, classes, skipped = scan_class_folders(first, recursive=recursive)
+        scanned = {first: scan_class_folders(first, recursive=recursive)}
+        classes = scanned[first][2]
         out = {}
         for split, folder in found.items():
             extra = sorted({d.name for d in _subdirs(folder)} - set(classes))
             if extra:
                 raise DatasetError(f"{folder} has class folders {extra} that {first} lacks; every split must "
                                    "hold the same class folders")
-            paths, labels, _, skipped = scan_class_folders(folder, classes, recursive)
+            paths, labels, _, skipped = scanned.get(folder) or scan_class_folders(folder, classes, recursive)
             out[split] = make(paths, labels, classes, split, {"source": f"split folder {folder.name}/"})
     elif layout == "csv-splits":
         per_split = {s: _read_split_csv(p) for s, p in found.items()}
