@@ -60,6 +60,23 @@ def test_split_names_are_recognised_in_any_case_and_an_archive_top_folder_is_ent
     assert splits["test"].split_protocol["layout_start"] == "fruits"
 
 
+def test_the_archive_a_folder_came_from_does_not_stop_the_descent_but_split_csvs_do(tmp_path):
+    """torchvision's EuroSAT download leaves EuroSAT.zip beside eurosat/2750: still the class folders."""
+    root = tmp_path / "eurosat_rgb"
+    _classes(root / "eurosat" / "2750", ("Forest", "River"), 4)
+    (root / "eurosat" / "EuroSAT.zip").write_bytes(b"PK")
+    (root / "README.txt").write_text("downloaded")
+    layout, start, _ = data.detect_layout(root)
+    assert (layout, start) == ("class-folders", root / "eurosat" / "2750")
+    assert data.load_image_folder(root)["test"].split_protocol["layout_start"] == "eurosat/2750"
+    csvs = tmp_path / "kaggle"
+    _classes(csvs / "images", ("Forest", "River"), 2)
+    for split in ("train", "test"):
+        (csvs / f"{split}.csv").write_text("Filename,ClassName\nimages/Forest/000.jpg,Forest\n"
+                                           "images/River/000.jpg,River\n")
+    assert data.detect_layout(csvs)[:2] == ("csv-splits", csvs)
+
+
 def test_only_test_and_valid_loads_without_train_and_only_valid_is_refused(tmp_path):
     both = tmp_path / "both"
     for split in ("test", "valid"):

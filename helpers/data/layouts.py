@@ -175,7 +175,9 @@ def detect_layout(root: Path, splits: dict | None = None) -> tuple[str, Path, di
     start = root
     while True:
         subs = _subdirs(start)
-        has_files = any(p.is_file() and not p.name.startswith(".") for p in start.iterdir())
+        # images or split CSVs make this level the dataset; other files (the archive it came from, a
+        # README: torchvision leaves EuroSAT.zip beside eurosat/2750) do not stop the descent
+        has_files = bool(_split_csvs(start)) or any(p.is_file() and is_image_file(p) for p in start.iterdir())
         inner_images = len(subs) == 1 and any(p.is_file() and is_image_file(p) for p in subs[0].iterdir())
         if len(subs) == 1 and not has_files and split_of(subs[0].name) is None and not inner_images \
                 and _subdirs(subs[0]):
