@@ -87,6 +87,8 @@ class Train(Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     batch_size: PosInt = Field(64, description="images per optimiser step (all ranks together)")
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="cross-entropy smoothing")
+    keep_last: bool = Field(False, description="keep the full resume checkpoint last.pt after the run completes "
+                                               "(default: replaced by the compact done.pt)")
 
 
 class RetrievalTrain(Train):

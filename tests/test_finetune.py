@@ -50,8 +50,8 @@ def test_train_classifier_then_resume_does_no_extra_epochs(synthetic_root, monke
     assert res.best_metric == max(h["val_top1"] for h in res.history)
     assert ft.trainable == ft.total > 11_000_000  # every parameter of resnet18 + head is trained
     ckpt = Path(ft.checkpoint_dir)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt"]
-    state = torch.load(ckpt / "last.pt", map_location="cpu", weights_only=False)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["done.pt"]  # the completed run's compact checkpoint
+    state = torch.load(ckpt / "done.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and len(state["history"]) == 2
 
     # an identical second call finds the finished run and trains nothing

@@ -327,7 +327,7 @@ xv = centers[yv] + torch.randn(48, 12, generator=g)
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 3))
-cfg = loop.TrainConfig(epochs=6, lr=0.02, warmup_epochs=1, schedule="cosine", seed=5, metric="nll")
+cfg = loop.TrainConfig(epochs=6, lr=0.02, warmup_epochs=1, schedule="cosine", seed=5, metric="nll", keep_last=True)
 loader = loop.train_loader(torch.utils.data.TensorDataset(x, y), 16, cfg.seed, workers=0)
 calls = 0
 
@@ -482,6 +482,24 @@ def test_finished_checkpoint_is_not_trained_again(tmp_path):
     assert_same_state(model.state_dict(), first_model.state_dict())
 
 
+def test_a_completed_run_keeps_only_the_compact_checkpoint_unless_asked(tmp_path):
+    """last.pt (weights, optimiser moments, best copy) is replaced by done.pt (best weights + history) when
+    the run completes; keep_last keeps it; keep_last does not change the run's key (same result reused)."""
+    model, first = run(mlp(), TrainConfig(epochs=2, lr=0.02), ckpt=tmp_path / "compact")
+    assert sorted(p.name for p in (tmp_path / "compact").iterdir()) == ["done.pt"]
+    run(mlp(), TrainConfig(epochs=2, lr=0.02, keep_last=True), ckpt=tmp_path / "full")
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["last.pt"]
+    assert (tmp_path / "compact" / "done.pt").stat().st_size < 0.5 * (tmp_path / "full" / "last.pt").stat().st_size
+
+    def no_training(model, batch):
+        raise AssertionError("a completed run must not train again")
+
+    again_model, again = run(mlp(seed=9), TrainConfig(epochs=2, lr=0.02, keep_last=True), scripted([]),
+                             ckpt=tmp_path / "compact", loss_fn=no_training)
+    assert again.history == first.history and again.resumed_from == 2
+    assert_same_state(again_model.state_dict(), model.state_dict())
+
+
 def test_corrupt_checkpoint_warns_and_trains_from_scratch(tmp_path):
     ckpt = tmp_path / "ck"
     ckpt.mkdir()
@@ -492,15 +510,15 @@ def test_corrupt_checkpoint_warns_and_trains_from_scratch(tmp_path):
     ref, _ = run(mlp(), cfg)
     assert res.resumed_from is None and len(res.history) == 2
     assert_same_state(model.state_dict(), ref.state_dict())
-    assert _checkpoint_epoch(ckpt / "last.pt") == 1  # replaced by a good one
+    assert _checkpoint_epoch(ckpt / "done.pt") == 1 and not (ckpt / "last.pt").exists()  # replaced by a good one
 
 
 def test_truncated_checkpoint_warns_and_trains_from_scratch(tmp_path):
     ckpt = tmp_path / "ck"
     cfg = TrainConfig(epochs=2, lr=0.02)
     run(mlp(), cfg, ckpt=ckpt)
-    data = (ckpt / "last.pt").read_bytes()
-    (ckpt / "last.pt").write_bytes(data[: len(data) // 2])
+    data = (ckpt / "done.pt").read_bytes()
+    (ckpt / "done.pt").write_bytes(data[: len(data) // 2])
     with pytest.warns(UserWarning, match="unreadable"):
         _, res = run(mlp(), cfg, ckpt=ckpt)
     assert res.resumed_from is None and len(res.history) == 2
@@ -524,7 +542,7 @@ def test_checkpoint_of_another_config_is_ignored(tmp_path):
 def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
     ckpt = tmp_path / "ck"
     run(mlp(), TrainConfig(epochs=2, lr=0.02), ckpt=ckpt)
-    assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt"]  # no temp or probe files left
+    assert sorted(p.name for p in ckpt.iterdir()) == ["done.pt"]  # no temp or probe files left
 
     # a write that fails half way (here: at fsync of epoch 2) leaves the previous checkpoint intact
     ckpt2 = tmp_path / "ck2"

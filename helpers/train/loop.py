@@ -6,7 +6,9 @@ decay only on weights (not on gains, biases, embeddings or logit scales), warmup
 schedule per step, gradient accumulation and clipping, autocast (bf16 on CPU, fp16 + grad scaler on
 CUDA; weights stay fp32), early stopping on the validation metric, the best weights kept, a
 checkpoint written atomically every epoch, and resume from it after an interruption. Shuffling is
-seeded per epoch, so a resumed run sees the same batches as an uninterrupted one.
+seeded per epoch, so a resumed run sees the same batches as an uninterrupted one. A completed run
+leaves only ``done.pt`` (best weights + history; ``keep_last`` keeps the full ``last.pt``), which lets a
+rerun of the same configuration skip training.
 """
 
 from __future__ import annotations
@@ -38,9 +40,13 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-time budget; training stops after the epoch that crosses it
     metric: str = "top1"  # key of evaluate()'s dict to select the best epoch (higher is better)
     betas: tuple[float, float] = (0.9, 0.999)
+    # keep the full resume checkpoint (weights, optimiser, scheduler) after the run completes; by default
+    # it is replaced by the compact ``done.pt`` (best weights + history), a quarter of its size
+    keep_last: bool = False
 
     def card(self) -> dict:
-        return asdict(self)
+        """What shapes the result (``keep_last`` does not: it is left out, so it never changes a run's key)."""
+        return {k: v for k, v in asdict(self).items() if k != "keep_last"}
 
 
 @dataclass
@@ -177,9 +183,16 @@ def _train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable
     best_metric, best_epoch, best_state, since_best = -math.inf, -1, None, 0
     start_epoch, resumed_from, steps, elapsed_before = 0, None, 0, 0.0
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    done_path = Path(checkpoint_dir) / "done.pt" if checkpoint_dir else None
     if ckpt_path:
         if distributed.is_main():
             storage.ensure_writable_dir(ckpt_path.parent, "checkpoint", "CLIPLAB_CACHE")
+        finished = _load_checkpoint(done_path, fingerprint)
+        if finished is not None:  # this exact run completed before: its best weights, no training
+            model.load_state_dict(finished["best_state"])
+            return TrainResult(finished["history"], finished["best_epoch"], finished["best_metric"],
+                               finished["best_state"], finished["seconds"], finished["stopped"],
+                               finished["epoch"] + 1, finished["steps"])
         state = _load_checkpoint(ckpt_path, fingerprint)
         if state is not None:
             model.load_state_dict(state["model"])
@@ -258,8 +271,20 @@ def _train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable
     if best_state is None:
         raise RuntimeError("no epoch was trained (epochs = 0?)")
     model.load_state_dict(best_state)
-    return TrainResult(history, best_epoch, best_metric, best_state, round(time.perf_counter() - t0, 2),
-                       stopped, resumed_from, steps)
+    seconds = round(time.perf_counter() - t0, 2)
+    if ckpt_path and distributed.is_main() and not cfg.keep_last:
+        _compact(ckpt_path, done_path, {
+            "fingerprint": fingerprint, "epoch": len(history) - 1, "history": history, "best_metric": best_metric,
+            "best_epoch": best_epoch, "best_state": best_state, "steps": steps, "seconds": seconds,
+            "stopped": stopped})
+    return TrainResult(history, best_epoch, best_metric, best_state, seconds, stopped, resumed_from, steps)
+
+
+def _compact(last: Path, done: Path, state: dict) -> None:
+    """A completed run keeps only what a rerun needs to skip training (best weights, history): ``done.pt``
+    is written atomically first, then ``last.pt`` (weights + optimiser moments + best copy) is removed."""
+    storage.atomic_torch_save(state, done)
+    last.unlink(missing_ok=True)
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict | None:
