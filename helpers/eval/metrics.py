@@ -121,3 +121,47 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     return np.array([structural_similarity(p.numpy(), t.numpy(), channel_axis=0, data_range=1.0,
                                            gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
                      for p, t in zip(pred.float(), target.float(), strict=True)])
+
+
+# ----------------------------------------------------------------------------- paired comparisons
+def mcnemar_exact(correct_a, correct_b) -> dict:
+    """McNemar's exact test of two classifiers on the same images (same order): is one right where the
+    other is wrong more often than chance would make it?
+
+    ``a_only`` counts the images only A gets right, ``b_only`` those only B gets right; the images both
+    get right or both get wrong say nothing about the difference. Under the null hypothesis each
+    discordant image is A's with probability 1/2, so the two-sided p-value is the binomial test of
+    ``min(a_only, b_only)`` in ``a_only + b_only`` trials (``scipy.stats.binomtest``); no discordant
+    image gives p = 1. ``difference`` is accuracy(A) - accuracy(B) = (a_only - b_only) / n.
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"mcnemar_exact: per-image correctness of the same images needed, got shapes "
+                         f"{a.shape} and {b.shape}")
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    discordant = a_only + b_only
+    p = 1.0 if discordant == 0 else float(binomtest(min(a_only, b_only), discordant, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "n": int(a.size), "p_value": min(p, 1.0),
+            "difference": (a_only - b_only) / a.size if a.size else 0.0}
+
+
+def paired_bootstrap_ci(correct_a, correct_b, n_boot: int = 2000, confidence: float = 0.95,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """(difference, low, high): accuracy(A) - accuracy(B) with a percentile bootstrap interval that
+    resamples images (the same resampled images for both, which keeps the pairing).
+
+    Inputs are per-image correctness ([images]) or, for results over several seeds on the same
+    images, [seeds, images]: each image's correctness is then averaged over the seeds first.
+    """
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim not in (1, 2):
+        raise ValueError(f"paired_bootstrap_ci: shapes {a.shape} and {b.shape} do not pair")
+    d = (a - b) if a.ndim == 1 else (a - b).mean(axis=0)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, d.size, size=(min(200, n_boot - i), d.size))].mean(axis=1)
+                            for i in range(0, n_boot, 200)])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(d.mean()), float(low), float(high)

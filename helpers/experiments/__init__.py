@@ -22,12 +22,25 @@ MODULES = ("zero_shot", "prompt_validation", "upsampling", "few_shot", "imagenet
 
 
 @dataclass(frozen=True)
+class Pivot:
+    """How the report lays out an experiment's ``metric`` (test top-1 by default): one row per value
+    of the ``rows`` keys, one column per value of the ``columns`` keys, each cell the mean and 95%
+    CI over seeds. Keys are facet names, ``model`` (its short name) or ``dataset`` (with ``dataset``
+    among the columns, datasets stand side by side instead of in tables of their own)."""
+
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    metric: str = "top1"
+
+
+@dataclass(frozen=True)
 class Experiment:
     """What the rest of the lab needs to know about an experiment.
 
     ``summarise(records) -> DataFrame``: the report's table of its results (None: the plain results
     table). ``comparison(record) -> column | None``: the column of the side-by-side table a record
-    fills (None: it fills none); ``comparison_columns`` orders those columns.
+    fills (None: it fills none); ``comparison_columns`` orders those columns. ``pivot``: the layout of
+    its classification results in the report (None: one row per result, metrics as columns).
     """
 
     id: str  # the records' ``experiment`` field, and the notebook's file stem
@@ -37,6 +50,7 @@ class Experiment:
     comparison: Callable[[dict], str | None] | None = None
     comparison_columns: tuple[str, ...] = field(default_factory=tuple)
     needs: tuple[str, ...] = ("train", "val", "test")  # the dataset splits it reads
+    pivot: Pivot | None = None
 
     def lacks(self, splits) -> list[str]:
         """The splits it needs that ``splits`` (names) does not have."""

@@ -10,7 +10,7 @@ from helpers.data import prompts
 from helpers.data.samples import Samples
 from helpers.eval import probes, zeroshot
 from helpers.eval.probes import kshot_rows
-from helpers.experiments import Experiment
+from helpers.experiments import Experiment, Pivot
 from helpers.experiments.common import Outcome, encode, save_stamped, slug
 from helpers.profiles import Profile
 from helpers.results import plots, records, tables
@@ -25,7 +25,8 @@ def _comparison(rec: dict) -> str | None:
 
 EXPERIMENT = Experiment(
     "04_few_shot", "04 — Few-shot and linear probes on frozen CLIP features", section="few_shot",
-    summarise=tables.seed_summary, comparison=_comparison, comparison_columns=("16-shot probe", "linear probe"))
+    summarise=tables.seed_summary, comparison=_comparison, comparison_columns=("16-shot probe", "linear probe"),
+    pivot=Pivot(rows=("model", "head"), columns=("k",)))
 
 
 def summarise_points(rows: list[dict], metric: str = "top1") -> pd.DataFrame:

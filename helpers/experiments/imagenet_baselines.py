@@ -10,7 +10,7 @@ from helpers.data import transforms
 from helpers.data.samples import Samples
 from helpers.eval import features, metrics
 from helpers.eval.probes import kshot_rows
-from helpers.experiments import Experiment
+from helpers.experiments import Experiment, Pivot
 from helpers.experiments.common import Outcome, save_stamped, slug, train_config
 from helpers.models import backbones
 from helpers.profiles import Profile
@@ -29,7 +29,7 @@ def _comparison(rec: dict) -> str | None:
 EXPERIMENT = Experiment(
     "05_imagenet_baselines", "05 — ImageNet baselines: linear probes and fine-tuning", section="baselines",
     summarise=tables.seed_summary, comparison=_comparison,
-    comparison_columns=("16-shot probe", "linear probe", "fine-tuned"))
+    comparison_columns=("16-shot probe", "linear probe", "fine-tuned"), pivot=Pivot(rows=("model",), columns=("regime",)))
 
 
 def run(P: Profile, splits: dict[str, Samples]) -> Outcome:

@@ -28,7 +28,7 @@ from helpers.core import config, storage
 from helpers.data import Samples, transforms
 from helpers.eval import metrics, zeroshot
 from helpers.eval.probes import kshot_rows
-from helpers.experiments import Experiment, clip_finetune
+from helpers.experiments import Experiment, Pivot, clip_finetune
 from helpers.experiments.common import Outcome, encode, save_stamped, slug, train_config
 from helpers.models import backbones, upsamplers
 from helpers.profiles import Profile
@@ -36,7 +36,7 @@ from helpers.results import plots, records
 from helpers.train import super_resolution, supervised
 
 EXPERIMENT = Experiment("03_upsampling", "03 — Upsampling before the model: interpolation, SRGAN, learned SR",
-                        section="upsampling")
+                        section="upsampling", pivot=Pivot(rows=("upsampler",), columns=("model", "head")))
 
 
 def load_pixels(samples: Samples, threads: int | None = None) -> torch.Tensor:

@@ -3,20 +3,25 @@
 Tables, figures and the report are rebuilt from these files only. A record states the dataset
 (layout, split and how it was made, counts, fingerprint), the model (spec, weights sha256, whether
 it was trained), the transform, prompts, seeds, profile, package versions, git commit and wall time.
-Results of untrained weights carry ``"untrained": true`` and are never shown as accuracies.
+Results of untrained weights carry ``"untrained": true`` and are never shown as accuracies. A record
+made with the predictions also says which test images the model got right (``per_image``), so two
+models measured on the same images can be tested against each other.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import functools
 import json
 import platform
+import re
 import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -74,7 +79,7 @@ class Timer:
 def make_record(experiment: str, metrics: dict, *, dataset: dict, model: dict | None = None,
                 protocol: dict | None = None, seeds=None, profile: str | None = None,
                 wall_time_s: float | None = None, variant: str = "", figures=(), facets: dict | None = None,
-                **extra) -> dict:
+                predictions=None, labels=None, **extra) -> dict:
     """Assemble a record; ``dataset``/``model`` are the ``card()`` of a Samples / LoadedModel.
 
     ``facets`` say, as fields, what distinguishes this result within its experiment (``head``, ``k``,
@@ -82,6 +87,12 @@ def make_record(experiment: str, metrics: dict, *, dataset: dict, model: dict | 
     them. ``variant`` is the same as a short human-readable label; with the experiment, dataset and
     model it forms the record's ``key``, so a re-run replaces it in tables. ``figures`` are the files
     (relative to the output folder) that show this result.
+
+    ``predictions`` (class indices [N], or scores [N, C] whose argmax is the prediction) with the
+    test ``labels`` add ``per_image``: which test images the model got right, packed one bit per
+    image (:func:`per_image`), so the report can test two models on the same images against each
+    other (McNemar). They must be the predictions the metrics were computed from: a top-1 that
+    disagrees with them is an error.
     """
     untrained = bool(model and model.get("status") == "untrained")
     key = "|".join(str(x) for x in (experiment, dataset.get("name"), dataset.get("split"),
@@ -104,8 +115,44 @@ def make_record(experiment: str, metrics: dict, *, dataset: dict, model: dict | 
         "environment": environment(),
         "versions": versions(),
         "git": git_commit(),
+        **({"per_image": per_image(predictions, labels, dataset, metrics.get("top1"))}
+           if predictions is not None or labels is not None else {}),
         **extra,
     }
+
+
+def per_image(predictions, labels, dataset: dict, top1: float | None = None) -> dict:
+    """Per-image correctness in a record: ``correct`` is base64 of the bits (1 = right, in the order
+    of the dataset's images, ``numpy.packbits``), ``n`` the number of images and ``test_set`` the
+    dataset's fingerprint, so only results on the very same images are ever paired."""
+    if predictions is None or labels is None:
+        raise ValueError("per-image correctness needs both predictions and labels")
+    pred = predictions.detach().cpu().numpy() if isinstance(predictions, torch.Tensor) else np.asarray(predictions)
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    pred = pred.argmax(axis=1) if pred.ndim == 2 else pred
+    if pred.shape != y.shape or y.ndim != 1:
+        raise ValueError(f"predictions {pred.shape} and labels {y.shape} do not pair image by image")
+    correct = pred.astype(np.int64) == y.astype(np.int64)
+    if top1 is not None and correct.size and abs(float(correct.mean()) - float(top1)) > 1e-6:
+        raise ValueError(f"the predictions give top-1 {correct.mean():.6f}, the metrics say {top1:.6f}: "
+                         "they are not the predictions these metrics were computed from")
+    return {"correct": base64.b64encode(np.packbits(correct)).decode("ascii"), "n": int(correct.size),
+            "test_set": dataset.get("fingerprint")}
+
+
+def correctness(record: dict) -> np.ndarray | None:
+    """A record's per-image correctness (bool [n]), or None when it was recorded without predictions."""
+    found = record.get("per_image")
+    if not isinstance(found, dict) or "correct" not in found:
+        return None
+    bits = np.frombuffer(base64.b64decode(found["correct"]), dtype=np.uint8)
+    return np.unpackbits(bits, count=int(found["n"])).astype(bool)
+
+
+def short_model(spec) -> str:
+    """A model spec as tables and legends show it: every ``file:<path>`` by its file name (the folder
+    is the machine's), anything else unchanged (``openai:RN50``, ``proxy[base=..., expert=...]``)."""
+    return re.sub(r"file:([^\s,\]|]+)", lambda m: "file:" + Path(m.group(1)).name, str(spec))
 
 
 def append_record(record: dict, name: str | None = None, folder: Path | None = None) -> Path:
