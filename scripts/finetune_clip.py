@@ -20,8 +20,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers import profiles, settings  # noqa: E402
-from helpers.core import config, distributed
-from helpers.experiments import clip_finetune
+from helpers.core import config, distributed  # noqa: E402
+from helpers.core.errors import (  # noqa: E402
+    DatasetError,
+    NotWritableError,
+    RunInProgressError,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+)
+from helpers.experiments import clip_finetune  # noqa: E402
+
+# what a user can fix from the message alone: one line, no traceback
+USER_ERRORS = (RunInProgressError, DatasetError, NotWritableError, WeightsNotFoundError, WeightsMismatchError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     distributed.setup()
     try:
-        outcome = clip_finetune.run(P, P.dataset(), progress=distributed.is_main())
+        try:
+            outcome = clip_finetune.run(P, P.dataset(), progress=distributed.is_main())
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if distributed.is_main():
             print(outcome.table.to_string(index=False))
         if args.weights_report:
