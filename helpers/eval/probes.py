@@ -153,6 +153,7 @@ def kshot_rows(f_train, f_val, f_test, num_classes: int, ks, seeds, zs=None, max
     the probe would train on fewer than k images of that class, and its label would overstate it.
 
     ``zs``: (classifier, scale) to also train a zero-shot-initialised torch head on each k-shot sample.
+    Each row's ``predictions`` are its test predictions (for the record's per-image correctness).
     """
     rows = []
     y_train = f_train.labels
@@ -170,14 +171,17 @@ def kshot_rows(f_train, f_val, f_test, num_classes: int, ks, seeds, zs=None, max
             idx = np.arange(len(y_train)) if k == "all" else kshot_indices(y_train, int(k), seed)
             fit = fit_logistic(f_train.features[idx], y_train[idx], f_val.features, f_val.labels,
                                       refit_on_val=(k == "all"), max_iter=max_iter)
-            m = evaluate_logits(full_logits(fit, f_test.features, num_classes), f_test.labels,
-                                       num_classes)
+            test_logits = full_logits(fit, f_test.features, num_classes)
+            m = evaluate_logits(test_logits, f_test.labels, num_classes)
             rows.append({"head": "linear probe", "k": k, "seed": seed, "n_train": len(idx), "C": fit.C,
-                         "val_top1_at_C": fit.val_scores[fit.C], "metrics": m})
+                         "val_top1_at_C": fit.val_scores[fit.C], "metrics": m,
+                         "predictions": np.asarray(test_logits).argmax(axis=1)})
             if zs is not None and k != "all":
                 head = zero_shot_init_probe(f_train.features[idx], y_train[idx], f_val.features,
                                                    f_val.labels, zs[0], zs[1], seed=seed)
-                m = evaluate_logits(head_logits(head, f_test.features), f_test.labels, num_classes)
+                test_logits = head_logits(head, f_test.features)
+                m = evaluate_logits(test_logits, f_test.labels, num_classes)
                 rows.append({"head": "zero-shot-init probe", "k": k, "seed": seed, "n_train": len(idx),
-                             "best_step": head["best_step"], "val_top1": head["val_top1"], "metrics": m})
+                             "best_step": head["best_step"], "val_top1": head["val_top1"], "metrics": m,
+                             "predictions": np.asarray(test_logits).argmax(axis=1)})
     return rows

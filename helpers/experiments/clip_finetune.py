@@ -208,12 +208,13 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
     loaded0 = models.load_model(s["model"])
     recs, rows, figs, extra = [], [], {}, {"runs": {}}
 
-    def record(variant, m, samples, loaded, protocol, wall, figures=(), **facets):
+    def record(variant, m, samples, loaded, protocol, wall, figures=(), predictions=None, **facets):
         """Each result is written the moment it exists: a run stopped later (memory, time, Ctrl-C)
         keeps every objective finished before it."""
         rec = records.make_record(EXPERIMENT.id, m, dataset=samples.card(), model=loaded.card(), profile=P.name,
                                   variant=variant, seeds=[P.seed], wall_time_s=wall, figures=figures,
-                                  protocol={"templates": prompts.templates(templates), **protocol}, facets=facets)
+                                  protocol={"templates": prompts.templates(templates), **protocol}, facets=facets,
+                                  predictions=predictions, labels=None if predictions is None else samples.labels)
         recs.append(rec)
         if distributed.is_main():
             records.append_record(rec)
@@ -246,7 +247,8 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
                     "resumed_from_epoch": tuned.result.resumed_from, "checkpoint": run.checkpoint,
                     "history": tuned.result.history, "autocast": config.dtype_name(config.autocast_dtype())}
         record(f"{objective}|fine-tuned", {**tuned.test_metrics, "best_val_top1": tuned.result.best_metric},
-               test, run.loaded, protocol, timer.seconds, saved, head=head, objective=objective, stage="fine-tuned")
+               test, run.loaded, protocol, timer.seconds, saved, predictions=tuned.test_logits, head=head,
+               objective=objective, stage="fine-tuned")
         rows.append({"objective": objective, "stage": status, "dataset": test.name,
                      "top1": tuned.test_metrics["top1"], "untrained": False})
         for t in tests:

@@ -75,13 +75,15 @@ def run(P: Profile, splits: dict[str, Samples], specs: list[str] | None = None) 
         card = loaded.card()
         recs.append(records.make_record("04_few_shot", zs["metrics"], dataset=test.card(), model=card,
                                         profile=P.name, variant="zero-shot", protocol=protocol, seeds=seeds,
-                                        wall_time_s=timer.seconds, facets={"head": "zero-shot"}))
+                                        wall_time_s=timer.seconds, facets={"head": "zero-shot"},
+                                        predictions=zs["logits"], labels=f["test"].labels))
         for r in rows:
             recs.append(records.make_record(
                 "04_few_shot", r["metrics"], dataset=test.card(), model=card, profile=P.name,
                 variant=f"{r['head']}|k={r['k']}|seed={r['seed']}", seeds=[r["seed"]], wall_time_s=timer.seconds,
-                protocol={**protocol, **{k: v for k, v in r.items() if k not in ("metrics", "model")}},
-                facets={"head": r["head"], "k": r["k"], "seed": r["seed"], "n_train": r["n_train"]}))
+                protocol={**protocol, **{k: v for k, v in r.items() if k not in ("metrics", "model", "predictions")}},
+                facets={"head": r["head"], "k": r["k"], "seed": r["seed"], "n_train": r["n_train"]},
+                predictions=r["predictions"], labels=f["test"].labels))
     summary = summarise_points(all_rows)
     fig = plots.kshot_curve(summary, zero_shot=zs_top1, title=f"k-shot linear probes vs zero-shot — {test.name}/test")
     saved = [save_stamped(fig, P, slug("04_few_shot", test.name), ", ".join(untrained_specs), bool(untrained_specs))]

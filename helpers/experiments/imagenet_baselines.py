@@ -62,7 +62,8 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
                 variant=f"{regime}|seed={r['seed']}", seeds=[r["seed"]], wall_time_s=timer.seconds,
                 protocol={**protocol, "regime": regime, "C": r["C"], "k": r["k"], "n_train": r["n_train"],
                           "skipped_ks": notes},
-                facets={"head": "linear probe", "regime": regime, "k": r["k"], "seed": r["seed"]}))
+                facets={"head": "linear probe", "regime": regime, "k": r["k"], "seed": r["seed"]},
+                predictions=r["predictions"], labels=f["test"].labels))
         if spec in settings.get("finetune", []):
             timer = records.Timer()
             cfg = train_config(settings["train"], P.seed)
@@ -93,7 +94,7 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
                           "best_epoch": ft.result.best_epoch, "stopped": ft.result.stopped,
                           "resumed_from_epoch": ft.result.resumed_from, "train_seconds": ft.result.seconds,
                           "history": ft.result.history},
-                facets={"head": "fine-tuned", "regime": status}))
+                facets={"head": "fine-tuned", "regime": status}, predictions=ft.test_logits, labels=test.labels))
     for rec in recs:
         records.append_record(rec)
     table = pd.DataFrame(rows)

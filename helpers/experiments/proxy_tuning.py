@@ -137,7 +137,8 @@ def run(P, splits, progress: bool = True):
         recs.append(records.make_record(EXPERIMENT.id, m, dataset=test.card(), model=r.loaded.card(),
                                         profile=P.name, variant=f"role={role}", seeds=[P.seed],
                                         wall_time_s=r.seconds, protocol={**protocol, "role": role, "logit_scale": r.scale},
-                                        facets={"head": "zero-shot", "role": role}))
+                                        facets={"head": "zero-shot", "role": role},
+                                        predictions=r.test, labels=test.labels))
         rows.append({"model": role, "spec": r.spec, "alpha": None, "top1": m["top1"], "balanced_acc": m["balanced_accuracy"],
                      "ece": m["ece"], "untrained": not r.loaded.trained})
     proxy_card = {"spec": f"proxy[base={specs['base']}, expert={specs['expert']}, anti={specs['anti-expert']}]",

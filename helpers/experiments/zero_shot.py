@@ -47,7 +47,8 @@ def run(P: Profile, spec: str, samples: Samples, templates=None, grid_images: in
                   "templates": prompts.templates(templates), "logit_scale": zeroshot.logit_scale(loaded),
                   "transform": transform_card, "feature_cache": feats.key[:16],
                   "features_from_cache": feats.from_cache, "batch_size": int(P.get("batch_size", 64))},
-        seeds=[P.seed], wall_time_s=timer.seconds, figures=saved, facets={"head": "zero-shot"})
+        seeds=[P.seed], wall_time_s=timer.seconds, figures=saved, facets={"head": "zero-shot"},
+        predictions=result["logits"], labels=feats.labels)
     records.append_record(rec)
     return Outcome([rec], records.results_frame([rec]), figs,
                    {"per_class": per_class_table(samples.classnames, m["per_class_recall"], untrained)})
