@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import yaml
 
 from helpers import data, models, settings
-from helpers.core import config
+from helpers.core import compiled, config
 from helpers.core.errors import ProfileError  # noqa: F401 (re-exported)
 from helpers.data import cards
 
@@ -202,6 +202,7 @@ def load(name: str | None = None, overrides: dict | None = None, dataset: str | 
     raw = settings.apply_overrides(raw, dotted)
     validated = settings.validate(raw, f"profile {name} ({path.name})" + (" with overrides" if overrides or dataset or any(
         v is not None for v in sections.values()) else ""))
+    compiled.set_default_mode(validated.encode.compile)  # encoders called without a profile follow it too
     return Profile(name, validated.model_dump(), validated, path)
 
 

@@ -10,7 +10,7 @@ HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 # lower layers never import higher ones (DESIGN: core <- data <- models <- eval <- train <- results <-
 # configuration <- experiments <- report/suite)
 LAYERS = {"core": 0, "data": 1, "models": 2, "eval": 3, "train": 4, "results": 5, "settings": 6, "profiles": 6,
-          "experiments": 7, "report": 8, "suite": 8, "__init__": 8}
+          "experiments": 7, "report": 8, "suite": 8, "cache": 8, "__init__": 8}
 
 
 def _modules() -> dict[str, Path]:
