@@ -1,17 +1,28 @@
-"""Training-step speed with bf16 autocast vs fp32, measured in one run on this machine.
+"""Training-step speed: eager vs the optimised step of the training loop, bf16 autocast vs fp32, and the
+data-wait share of a real loader, measured in one run on this machine.
 
-    python bench/bench_train.py [--model torchvision:resnet18] [--size 64] [--batch-size 128] [--steps 8]
+    python bench/bench_train.py [--model scratch:rn18-small] [--batch-size 128] [--steps 8] [--rounds 3]
+                                [--compile auto|true|false] [--data DIR] [--threads N] [--no-record]
 
-A step is forward + backward + AdamW update on random inputs of the given size (the data pipeline is
-not part of it). Both precisions run alternately in the same process, after warm-up steps, so the
-ratio is not skewed by a machine that gets busier or quieter. The numbers are written as a record
-(``supplementary/bench/results/bench_train.jsonl``).
+A step is forward + backward + AdamW update on fixed random inputs (CLIP specs: the CS objective of
+notebook 06, a fresh random prompt per class every step; torchvision/timm specs: cross-entropy on a
+new linear head). *eager*: contiguous weights and inputs, the per-tensor AdamW. *optimised*: what
+:func:`helpers.train.loop.train` does — channels-last for convolutional models, fused AdamW where this
+torch has it, the image tower compiled when ``--compile`` asks (``auto``: on CUDA only, like the loop).
+The variants run alternately in the same process, after warm-up steps, so a machine that gets busier
+or quieter skews no ratio. With ``--data DIR`` (a folder holding ``eurosat_rgb/``), optimised steps also
+run on EuroSAT train images through the loop's own loader (its workers, augmentation), and the share of
+that time spent blocked on the loader is reported. The last line prints the ratios; the numbers are
+written as a record (``supplementary/bench/results/bench_train.jsonl``) unless ``--no-record``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,71 +31,155 @@ from helpers import models
 from helpers.core import config
 from helpers.models import backbones
 from helpers.results import records
+from helpers.train import clip_objectives, loop
+
+CLASSES = 10  # EuroSAT's class count, so the same head/prompt set serves random and real batches
 
 
-def build(spec: str) -> tuple[torch.nn.Module, callable, dict]:
-    """(model, loss_fn(model, x) -> loss, card) for a torchvision backbone or a CLIP spec."""
-    if spec.startswith("torchvision:"):
+def build(spec: str, classnames: list[str]) -> tuple[torch.nn.Module, int, tuple, dict]:
+    """(model whose ``forward(images, labels)`` is the loss, input size, (mean, std), card)."""
+    if spec.startswith(("torchvision:", "timm:")):
         bb = backbones.load_backbone(spec)
-        net = bb.classifier(10).train()
-        return net, lambda m, x: F.cross_entropy(m(x), torch.randint(0, 10, (x.shape[0],))), bb.card()
+
+        class Classifier(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = bb.classifier(len(classnames))
+
+            def forward(self, x, y):
+                return F.cross_entropy(self.net(x), torch.as_tensor(y).to(x.device, non_blocking=True))
+
+        return Classifier().train(), 64, (bb.mean, bb.std), bb.card()
     loaded = models.load_model(spec)
-    clip_model = loaded.model.train()
-    tokens = loaded.tokenize([f"a photo of class {i}" for i in range(10)])
-
-    def clip_loss(m, x):  # the CS objective: image embeddings vs class-prompt embeddings
-        img = F.normalize(m.encode_image(x), dim=-1)
-        txt = F.normalize(m.encode_text(tokens), dim=-1)
-        return F.cross_entropy(m.logit_scale.exp() * img @ txt.T, torch.randint(0, 10, (x.shape[0],)))
-
-    return clip_model, clip_loss, loaded.card()
+    tuner = clip_objectives.FineTuner(loaded.model, "CS", classnames, "centered-satellite", seed=0,
+                                      tokenize=loaded.tokenize, embed_dim=loaded.embed_dim)
+    return tuner.train(), loaded.resolution, loaded.normalization, loaded.card()
 
 
-def steps_per_second(model, loss_fn, x, dtype, steps: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    start = time.perf_counter()
-    for _ in range(steps):
-        with config.autocast(torch.device("cpu"), dtype):
-            loss = loss_fn(model, x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return steps / (time.perf_counter() - start)
+class Variant:
+    """One way of running the step on its own copy of the model (so no variant warms another's caches)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, optimised: bool, compile_setting):
+        self.model = copy.deepcopy(model).to(device)
+        self.device = device
+        self.channels_last = optimised and loop.is_convolutional(self.model)
+        loop.set_memory_format(self.model, self.channels_last)
+        groups = loop.param_groups(self.model, 0.05)
+        self.opt = (loop.adamw(groups, 1e-4, (0.9, 0.999), device) if optimised
+                    else torch.optim.AdamW(groups, lr=1e-4))
+        self.compiled = None
+        if optimised and loop.wants_compile(compile_setting, device):
+            self.compiled = loop.Compiled(loop.compile_target(self.model))
+            self.compiled.on()
+
+    def steps(self, batches, dtype: torch.dtype, n: int) -> tuple[float, float]:
+        """(images per second, share of the time blocked on ``batches``) over ``n`` steps; the device
+        is read once, at the end, like the loop reads it once per epoch."""
+        clock = batches if isinstance(batches, loop.Batches) else None
+        waited0, start = (clock.waited if clock else 0.0), time.perf_counter()
+        images, last = 0, None
+        for _ in range(n):
+            x, y = loop.to_device(next(batches), self.device, self.channels_last)[:2]  # (image, label, path)
+            with config.autocast(self.device, dtype):
+                loss = self.model(x, y)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            images, last = images + x.shape[0], loss.detach()
+        float(last)  # wait for the device before stopping the clock
+        seconds = time.perf_counter() - start
+        return images / seconds, ((clock.waited - waited0) / seconds if clock else 0.0)
+
+
+def repeat(batch):
+    while True:
+        yield batch
+
+
+def data_wait(variant: Variant, train, size: int, norm: tuple, batch_size: int, dtype, steps: int) -> float:
+    """Share of optimised steps on EuroSAT train images (``train``: its Samples) spent waiting for the
+    loop's own loader (workers, augmentation of notebook 06)."""
+    from helpers.data import transforms
+
+    tf, _ = transforms.image_transform(size, "bicubic", *norm, train=True)
+    loader = loop.train_loader(train.dataset(tf), batch_size, seed=0)
+    batches = loop.Batches(loader)
+    variant.steps(batches, dtype, min(steps, len(loader)))
+    return batches.wait_share()
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="torchvision:resnet18")
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--model", default="scratch:rn18-small")
+    ap.add_argument("--size", type=int, default=None, help="input size (default: the model's resolution)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                    help="compile the optimised step's image tower (auto: on CUDA only, like the loop)")
+    ap.add_argument("--data", default=None, help="folder holding eurosat_rgb/: measure the data-wait share")
+    ap.add_argument("--data-steps", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default torch's; 1 is steadier on a CPU shared with other jobs)")
+    ap.add_argument("--no-record", action="store_true", help="print only; write no record")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    compile_setting = {"auto": "auto", "true": True, "false": False}[args.compile]
 
     torch.manual_seed(0)
-    model, loss_fn, card = build(args.model)
-    size = getattr(getattr(model, "visual", None), "input_resolution", args.size)
-    x = torch.randn(args.batch_size, 3, size, size)
-    precisions = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    for dtype in precisions.values():  # warm-up: oneDNN picks and caches kernels per precision
-        steps_per_second(model, loss_fn, x, dtype, 2)
-    rates = {name: [] for name in precisions}
-    for _ in range(args.rounds):  # alternate so drift in machine load hits both precisions alike
-        for name, dtype in precisions.items():
-            rates[name].append(steps_per_second(model, loss_fn, x, dtype, args.steps))
+    device = config.device()
+    classnames, train = [f"class {i}" for i in range(CLASSES)], None
+    if args.data:
+        from helpers import data
+
+        train = data.load_eurosat(Path(args.data).expanduser() / "eurosat_rgb")["train"]
+        classnames = train.classnames
+    model, size, norm, card = build(args.model, classnames)
+    size = args.size or size
+    batch = (torch.randn(args.batch_size, 3, size, size), torch.arange(args.batch_size) % len(classnames))
+    fast = config.autocast_dtype(device)
+    variants = {"eager": Variant(model, device, False, compile_setting),
+                "optimised": Variant(model, device, True, compile_setting)}
+    runs = {f"eager {config.dtype_name(fast)}": ("eager", fast), f"optimised {config.dtype_name(fast)}": ("optimised", fast),
+            "optimised fp32": ("optimised", torch.float32)}
+    for v, dtype in runs.values():  # warm-up: oneDNN picks kernels per precision and layout, compiling happens
+        variants[v].steps(repeat(batch), dtype, 2)
+    rates = {name: [] for name in runs}
+    for _ in range(args.rounds):  # alternate so drift in machine load hits every variant alike
+        for name, (v, dtype) in runs.items():
+            rates[name].append(variants[v].steps(repeat(batch), dtype, args.steps)[0])
     best = {name: max(r) for name, r in rates.items()}
-    out = {f"{name}_images_per_s": round(best[name] * args.batch_size, 1) for name in best}
-    out["bf16_over_fp32"] = round(best["bf16"] / best["fp32"], 2)
-    print(f"{args.model} at {size}px, batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {config.cpu_supports_bf16()}")
-    for name in precisions:
-        print(f"  {name}: {out[f'{name}_images_per_s']:8.1f} images/s (training step, best of {args.rounds} rounds)")
-    print(f"  bf16 / fp32 step speed: {out['bf16_over_fp32']:.2f}x")
-    rec = records.make_record("bench_train", out, dataset={"name": "random tensors", "split": f"{size}px"},
-                              model=card, profile="bench", variant=f"batch={args.batch_size}",
-                              protocol=vars(args))
-    rec["untrained"] = False  # a speed measurement, not an accuracy
-    records.append_record(rec)
+    fname = config.dtype_name(fast)
+    out = {f"{name.replace(' ', '_')}_images_per_s": round(best[name], 1) for name in best}
+    out["optimised_over_eager"] = round(best[f"optimised {fname}"] / best[f"eager {fname}"], 2)
+    out[f"{fname}_over_fp32"] = round(best[f"optimised {fname}"] / best["optimised fp32"], 2)
+    if args.data:
+        out["data_wait"] = round(data_wait(variants["optimised"], train, size, norm, args.batch_size, fast,
+                                           args.data_steps), 3)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    how = {"channels_last": variants["optimised"].channels_last,
+           "fused_adamw": bool(variants["optimised"].opt.defaults.get("fused")),
+           "compiled": variants["optimised"].compiled is not None}
+    print(f"{args.model} at {size}px, batch {args.batch_size}, {device}, {torch.get_num_threads()} threads, "
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {config.cpu_supports_bf16()}, "
+          f"load average {' '.join(f'{x:.2f}' for x in load) if load else '?'}")
+    print(f"  optimised step: {', '.join(k for k, v in how.items() if v) or 'nothing applies'}")
+    for name in runs:
+        print(f"  {name:>16}: {best[name]:8.1f} images/s (training step, best of {args.rounds} rounds)")
+    if args.data:
+        print(f"  data wait: {out['data_wait']:.1%} of optimised steps on EuroSAT train images "
+              f"({config.num_workers()} loader workers)")
+    print(f"ratios: optimised/eager={out['optimised_over_eager']:.2f} {fname}/fp32={out[f'{fname}_over_fp32']:.1f}"
+          + (f" data_wait={out['data_wait']:.2f}" if args.data else ""))
+    if not args.no_record:
+        rec = records.make_record("bench_train", out, dataset={"name": "EuroSAT train + random tensors" if args.data
+                                                                 else "random tensors", "split": f"{size}px"},
+                                  model=card, profile="bench", variant=f"batch={args.batch_size}",
+                                  protocol={**vars(args), "size": size, "data": bool(args.data), "optimised": how,
+                                            "device": str(device), "load_average": list(load) if load else None})
+        rec["untrained"] = False  # a speed measurement, not an accuracy
+        records.append_record(rec)
     return out
 
 

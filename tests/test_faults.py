@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from helpers.core import storage
+from helpers.train import loop
 
 PROJECT = Path(__file__).resolve().parents[1]
 EPOCHS = 6  # ~0.4 s an epoch here: the kill lands with most of the run still to do
@@ -48,7 +49,8 @@ def _start(base: Path, epochs: int = EPOCHS, tag: str = "run") -> subprocess.Pop
     cmd = [sys.executable, "scripts/finetune_clip.py", *ARGS, "-p", f"clip_finetune.train.epochs={epochs}",
            "--weights-report", str(base / f"{tag}.weights.json")]
     return subprocess.Popen(cmd, cwd=PROJECT, env=_env(base), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True,  # SIGINT as in a terminal, even under a shell that ignores it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _log(base: Path, tag: str = "run") -> str:
@@ -92,7 +94,7 @@ def _outcome(base: Path, tag: str = "run") -> dict:
     rec = [r for r in map(json.loads, lines) if r["variant"] == "CS|fine-tuned"][-1]
     return {"file_sha256": storage.sha256_file(report["checkpoint"]), "trained_sha256": report["trained_sha256"],
             "steps": report["steps"], "metrics": rec["metrics"], "best_epoch": rec["protocol"]["best_epoch"],
-            "history": [{k: v for k, v in h.items() if k != "seconds"} for h in rec["protocol"]["history"]],
+            "history": [{k: v for k, v in h.items() if k not in loop.TIMING_KEYS} for h in rec["protocol"]["history"]],
             "resumed_from": rec["protocol"]["resumed_from_epoch"]}
 
 

@@ -355,7 +355,7 @@ torch.save({"final": model.state_dict(), "best_state": res.best_state}, out_dir 
 (out_dir / "result.json").write_text(json.dumps({
     "resumed_from": res.resumed_from, "best_epoch": res.best_epoch, "best_metric": res.best_metric,
     "steps": res.steps, "stopped": res.stopped,
-    "history": [{k: v for k, v in r.items() if k != "seconds"} for r in res.history]}))
+    "history": [{k: v for k, v in r.items() if k not in loop.TIMING_KEYS} for r in res.history]}))
 '''
 
 
@@ -464,8 +464,8 @@ def test_resume_in_process_matches_uninterrupted(tmp_path):
     ref, ref_res = run(mlp(seed=2), cfg, val_nll())
     assert res.resumed_from == 2
     assert_same_state(model.state_dict(), ref.state_dict())
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in res.history]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in ref_res.history]
+    strip = [{k: v for k, v in r.items() if k not in loop.TIMING_KEYS} for r in res.history]
+    assert strip == [{k: v for k, v in r.items() if k not in loop.TIMING_KEYS} for r in ref_res.history]
 
 
 def test_finished_checkpoint_is_not_trained_again(tmp_path):

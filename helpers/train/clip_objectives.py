@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helpers.core.compiled import weights_version
 from helpers.data import prompts
 from helpers.eval import zeroshot
 from helpers.models import towers
@@ -131,20 +132,22 @@ class FineTuner(torch.nn.Module):
         return F.normalize(self.clip.encode_image(images), dim=-1)
 
     def forward(self, images: torch.Tensor, targets, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """Targets arrive on the host and are copied without blocking: a blocking copy would wait for
+        the device to finish the queued image tower, a round trip per step."""
         img = self.image_embedding(images)
         if self.head is not None:
-            return F.cross_entropy(self.head(img), torch.as_tensor(targets, device=img.device))
+            return F.cross_entropy(self.head(img), _on(img.device, targets))
         if self.objective == "CS":  # a fresh random prompt per class, every step
             txt = encode_prompts(self.clip, self.sampler.for_classes(range(len(self.classnames))), self.tokenize)
-            return F.cross_entropy(self.scale() * img @ txt.T, torch.as_tensor(targets, device=img.device))
+            return F.cross_entropy(self.scale() * img @ txt.T, _on(img.device, targets))
         if self.objective == "FLYP":  # one random prompt per image; same-class prompts are positives too
-            labels = torch.as_tensor(targets)
+            labels = torch.as_tensor(targets)  # on the host: the prompt sampler reads them
             txt = encode_prompts(self.clip, self.sampler.for_classes(labels.tolist()), self.tokenize)
-            same = (labels[:, None] == labels[None, :]).float().to(img.device)
+            same = _on(img.device, (labels[:, None] == labels[None, :]).float())
         else:  # captions: the pairs of one image (``groups``: image ids) are each other's positives
             txt = encode_prompts(self.clip, list(targets), self.tokenize)
             g = torch.arange(len(txt)) if groups is None else torch.as_tensor(groups)
-            same = (g[:, None] == g[None, :]).float().to(img.device)
+            same = _on(img.device, (g[:, None] == g[None, :]).float())
         logits = self.scale() * img @ txt.T
         target = same / same.sum(dim=1, keepdim=True)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T)) / 2
@@ -174,19 +177,14 @@ class FineTuner(torch.nn.Module):
             return self.scale().float() * img @ classifier.T
 
 
+def _on(device: torch.device, x) -> torch.Tensor:
+    """``x`` as a tensor on ``device``, copied from the host without blocking it."""
+    return torch.as_tensor(x).to(device, non_blocking=True)
+
+
 def _as_tuple(x):
     """random.Random states come back from a checkpoint with lists where tuples were."""
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def weights_version(module: torch.nn.Module) -> tuple:
-    """A key that changes whenever any parameter or buffer of ``module`` is modified or replaced.
-
-    Every in-place write (optimiser steps, ``load_state_dict``'s ``copy_``) bumps a tensor's version
-    counter, and assigning a new tensor changes its identity, so derived state cached under this key
-    (prompt classifiers, compiled copies) can never outlive the weights it was computed from.
-    """
-    return tuple((id(t), t._version) for t in module.state_dict(keep_vars=True).values() if torch.is_tensor(t))
 
 
 def encode_prompts(model: torch.nn.Module, texts: list[str], tokenize=None) -> torch.Tensor:
@@ -197,7 +195,7 @@ def encode_prompts(model: torch.nn.Module, texts: list[str], tokenize=None) -> t
         tokens = clip.tokenize(texts, context_length=model.context_length, truncate=True)
     else:
         tokens = tokenize(texts)
-    return F.normalize(model.encode_text(tokens.to(model.logit_scale.device)), dim=-1)
+    return F.normalize(model.encode_text(tokens.to(model.logit_scale.device, non_blocking=True)), dim=-1)
 
 
 @torch.no_grad()

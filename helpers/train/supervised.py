@@ -30,26 +30,28 @@ class Finetuned:
 def predict(model: torch.nn.Module, dataset, batch_size: int = 256, workers: int | None = None,
             device: torch.device | None = None, progress: bool = False, classify=None) -> tuple[np.ndarray, np.ndarray]:
     """(logits float32 [N, C], labels) of ``model`` (or of ``classify(images)``) over ``dataset`` in
-    order, batched under autocast."""
+    order, batched under autocast. Logits stay on the device until the end, so an accelerator never
+    waits for the host between batches."""
     device = device or config.device()
     workers = config.num_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+                                         prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
     out, labels = [], []
     model.eval()
     with torch.inference_mode(), config.autocast(device):
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             x, y = batch[0], batch[1]
-            out.append((classify or model)(x.to(device)).float().cpu())
+            out.append((classify or model)(x.to(device, non_blocking=True)).float())
             labels.append(torch.as_tensor(y))
-    return torch.cat(out).numpy(), torch.cat(labels).numpy()
+    return torch.cat(out).cpu().numpy(), torch.cat(labels).numpy()
 
 
 def classification_loss(label_smoothing: float = 0.0):
     def loss_fn(model, batch):
         x, y = batch[0], batch[1]
-        dev = next(model.parameters()).device
-        return F.cross_entropy(model(x.to(dev)), torch.as_tensor(y).to(dev), label_smoothing=label_smoothing)
+        dev = next(model.parameters()).device  # the loop has put the images there; labels follow, not blocking
+        return F.cross_entropy(model(x.to(dev)), torch.as_tensor(y).to(dev, non_blocking=True),
+                               label_smoothing=label_smoothing)
     return loss_fn
 
 
