@@ -23,6 +23,12 @@ EUROSAT_CLASSNAMES = {
     "SeaLake": "lake or sea",
 }
 EUROSAT_CLASSES = sorted(EUROSAT_CLASSNAMES)
+# JPEGs per class folder of the release torchvision downloads (27,000 in all): a download is complete
+# only when every folder holds exactly these (an interrupted extraction leaves fewer)
+EUROSAT_COUNTS = {"AnnualCrop": 3000, "Forest": 3000, "HerbaceousVegetation": 3000, "Highway": 2500,
+                  "Industrial": 2500, "Pasture": 2000, "PermanentCrop": 2500, "Residential": 3000,
+                  "River": 2500, "SeaLake": 3000}
+TORCHVISION_ARCHIVE = "EuroSAT.zip"  # what torchvision leaves in <root>/eurosat/: the mark of its download
 
 
 def eurosat_root() -> Path:
@@ -45,6 +51,10 @@ def load_eurosat(root: Path | str | None = None, download: bool = False, **kwarg
                 "holds eurosat_rgb/, or allow the download."
             )
         download_eurosat(root)
+    elif is_torchvision_download(root) and download_missing(root):
+        if not download:
+            raise DatasetError(incomplete_message(root))
+        download_eurosat(root, redo=True)
     kwargs.setdefault("name", "eurosat")
     kwargs.setdefault("default_names", EUROSAT_CLASSNAMES)
     splits = load_image_folder(root, **kwargs)
@@ -54,10 +64,55 @@ def load_eurosat(root: Path | str | None = None, download: bool = False, **kwarg
     return splits
 
 
-def download_eurosat(root: Path) -> Path:
-    """torchvision's checksummed EuroSAT download (one folder per class, ``<root>/eurosat/2750``)."""
+def is_torchvision_download(root: Path) -> bool:
+    """Did torchvision download into ``root``? It leaves ``eurosat/EuroSAT.zip`` (a hand-made
+    ``eurosat/2750`` subset has no archive and is read as it is)."""
+    return (Path(root) / "eurosat" / TORCHVISION_ARCHIVE).exists()
+
+
+def download_missing(root: Path) -> dict[str, tuple[int, int]]:
+    """{class: (JPEGs found, JPEGs in the release)} of every class folder of torchvision's
+    ``<root>/eurosat/2750`` that does not hold the release's count (empty: the download is complete)."""
+    folder = Path(root) / "eurosat" / "2750"
+    found = {}
+    for cls, expected in EUROSAT_COUNTS.items():
+        d = folder / cls
+        n = sum(1 for p in d.iterdir() if p.suffix.lower() == ".jpg" and p.is_file()) if d.is_dir() else 0
+        if n != expected:
+            found[cls] = (n, expected)
+    return found
+
+
+def incomplete_message(root: Path) -> str:
+    """What an interrupted download left, and the two ways to fix it."""
+    missing = download_missing(root)
+    folder = Path(root) / "eurosat" / "2750"
+    have = sum(n for n, _ in missing.values()) + sum(v for c, v in EUROSAT_COUNTS.items() if c not in missing)
+    shown = ", ".join(f"{c} {n}/{e}" for c, (n, e) in missing.items())
+    return (f"EuroSAT at {folder} is an incomplete torchvision download (an interrupted download or "
+            f"extraction): {have:,} of {sum(EUROSAT_COUNTS.values()):,} JPEGs; short: {shown}. It is not read "
+            f"as the dataset. Delete {Path(root) / 'eurosat'} and download again, or re-run with the download "
+            "allowed (dataset.download: true), which re-extracts the verified archive or fetches it again")
+
+
+def download_eurosat(root: Path, redo: bool = False) -> Path:
+    """torchvision's checksummed EuroSAT download (one folder per class, ``<root>/eurosat/2750``), then
+    verified by count: torchvision only checks that ``2750/`` exists, so an interrupted extraction would
+    otherwise be read as the dataset. ``redo`` drops an incomplete ``2750/`` first (torchvision then
+    re-extracts its archive when the archive's md5 is right, else downloads it again)."""
+    import shutil
+
     from torchvision.datasets import EuroSAT
 
     root.mkdir(parents=True, exist_ok=True)
-    EuroSAT(str(root), download=True)
+    if redo:
+        shutil.rmtree(root / "eurosat" / "2750", ignore_errors=True)
+    try:
+        EuroSAT(str(root), download=True)
+    except (OSError, RuntimeError) as e:  # no network, a bad archive, a full disk
+        raise DatasetError(f"EuroSAT could not be downloaded to {root / 'eurosat'} ({type(e).__name__}: {e}); "
+                           "check the network (HTTPS_PROXY), or copy the dataset there or to "
+                           "$CLIPLAB_DATA/eurosat_rgb") from e
+    if download_missing(root):
+        raise DatasetError(incomplete_message(root))
     return root
