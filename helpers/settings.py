@@ -89,6 +89,9 @@ class Train(Section):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="cross-entropy smoothing")
     keep_last: bool = Field(False, description="keep the full resume checkpoint last.pt after the run completes "
                                                "(default: replaced by the compact done.pt)")
+    compile: Literal["auto"] | bool = Field("auto", description="torch.compile the image tower for training "
+                                          "steps: auto = on CUDA only (on CPU compiling costs more than it saves); "
+                                          "eager with a note when compiling fails")
 
 
 class RetrievalTrain(Train):
@@ -117,6 +120,9 @@ class FewShot(Section):
                                               description="images per class of each probe ('all': every train image)")
     seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2], min_length=1, description="k-shot draws")
     max_iter: PosInt = Field(1000, description="L-BFGS iterations of each logistic-regression fit")
+    probe_backend: Literal["auto", "sklearn", "torch"] = Field(
+        "auto", description="logistic-probe implementation of every notebook (same objective and C sweep): "
+                            "torch (L-BFGS on the device), sklearn (CPU reference), auto (torch on CUDA, else sklearn)")
 
 
 class Baselines(Section):
@@ -183,15 +189,7 @@ class ClipFinetune(Section):
                              "(ImageNet backbones are fine-tuned in notebook 05: baselines.finetune)")
         return v
 
-    @field_validator("freeze")
-    @classmethod
-    def _freeze(cls, v):
-        if v in ("unfreeze", "mix-freeze"):
-            return v
-        parts = v.split()
-        if len(parts) == 2 and parts[0] == "vision-freeze" and parts[1].isdigit():
-            return v
-        raise ValueError(f"freeze {v!r}: use unfreeze, 'vision-freeze N' (N an integer) or mix-freeze")
+    _freeze = field_validator("freeze")(classmethod(lambda cls, v: _check_freeze(v)))
 
     @field_validator("templates", "train_templates")
     @classmethod
@@ -199,8 +197,48 @@ class ClipFinetune(Section):
         return v if v is None else _check_templates(v)
 
 
+def _check_freeze(v: str) -> str:
+    if v in ("unfreeze", "mix-freeze"):
+        return v
+    parts = v.split()
+    if len(parts) == 2 and parts[0] == "vision-freeze" and parts[1].isdigit():
+        return v
+    raise ValueError(f"freeze {v!r}: use unfreeze, 'vision-freeze N' (N an integer) or mix-freeze")
+
+
+class ExpertTrainSettings(Train):
+    epochs: PosInt = Field(10, description="maximum epochs")
+    lr: Annotated[float, Field(gt=0)] = Field(1e-5, description="peak learning rate of AdamW (a pretrained CLIP)")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.1, description="AdamW weight decay (weights only)")
+    warmup_epochs: Annotated[float, Field(ge=0)] = Field(0.5, description="linear warmup, in epochs")
+
+
+class ExpertTrain(Section):
+    """How notebook 07 fine-tunes its expert when notebook 06 recorded no checkpoint for
+    ``proxy.expert`` (the objective and the starting model are the ones that spec names); notebook
+    06's code, these settings, stated before training and in every 07 record."""
+
+    freeze: str = Field("unfreeze", description="unfreeze | 'vision-freeze N' | mix-freeze")
+    freeze_text: bool = Field(False, description="freeze the whole text tower")
+    head_init: Literal["zero-shot", "random"] = Field("zero-shot", description="ML head start")
+    train_templates: Templates | None = Field(None, description="templates sampled in training (default: the dataset "
+                                                                "card's train_templates, else proxy.templates)")
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bicubic"
+    aerial: bool = Field(True, description="train augmentation adds vertical flips and 90-degree rotations")
+    color_jitter: Annotated[float, Field(ge=0)] = 0.0
+    probe_max_iter: PosInt = Field(1000, description="LP-FT probe iterations")
+    train: ExpertTrainSettings = Field(default_factory=ExpertTrainSettings)
+
+    _freeze = field_validator("freeze")(classmethod(lambda cls, v: _check_freeze(v)))
+    _t = field_validator("train_templates")(classmethod(lambda cls, v: v if v is None else _check_templates(v)))
+
+
 class Proxy(Section):
     expert: ModelSpec = Field("06:CS", description="'06:<objective>[:<model spec>]' or any model spec")
+    train_missing_expert: bool = Field(True, description="when notebook 06 recorded no checkpoint for a '06:' expert, "
+                                                         "train it here with proxy.expert_train (false: stop and say "
+                                                         "what to run first)")
+    expert_train: ExpertTrain = Field(default_factory=ExpertTrain, description="settings of that training")
     anti_expert: ModelSpec = Field("scratch:tiny-rn", description="the expert before tuning")
     base: ModelSpec = Field("scratch:tiny-vit", description="the large model steered")
     templates: Templates | None = Field(None, description="default: templates")
@@ -241,6 +279,22 @@ class Upsampling(Section):
     _t = field_validator("templates")(classmethod(lambda cls, v: v if v is None else _check_templates(v)))
 
 
+class Encode(Section):
+    """How encoders run (every notebook): compiled or eager (:mod:`helpers.core.compiled`)."""
+
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the encoders (CLIP towers, backbones, SR networks): auto (when the "
+                            "images to encode repay the compile time), true, or false (eager); features are "
+                            "equal within rounding either way, so the cache is shared")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _mode(cls, v):
+        from helpers.core import compiled
+
+        return compiled.parse_mode(v)
+
+
 class Settings(Section):
     """Every key of a profile. Sections belong to notebooks: 01 (models, templates, extra_datasets,
     grid_images), 02 prompt_validation, 03 upsampling, 04 few_shot, 05 baselines, 06 clip_finetune,
@@ -263,6 +317,7 @@ class Settings(Section):
     clip_finetune: ClipFinetune = Field(default_factory=ClipFinetune)
     proxy: Proxy = Field(default_factory=Proxy)
     upsampling: Upsampling = Field(default_factory=Upsampling)
+    encode: Encode = Field(default_factory=Encode, description="how every encoder runs")
 
     _t = field_validator("templates")(classmethod(lambda cls, v: v if v is None else _check_templates(v)))
 
@@ -288,6 +343,8 @@ class Settings(Section):
         self.clip_finetune.train_templates = (self.clip_finetune.train_templates or card.train_templates
                                               or self.clip_finetune.templates)
         self.proxy.templates = self.proxy.templates or self.templates
+        self.proxy.expert_train.train_templates = (self.proxy.expert_train.train_templates or card.train_templates
+                                                   or self.proxy.templates)
         self.upsampling.templates = self.upsampling.templates or self.templates
         if self.prompt_validation.template_sets is None:
             own = [self.templates] if isinstance(self.templates, str) else []

@@ -3,12 +3,14 @@
 Each notebook runs with papermill under the profile (its ``profile`` parameter), writing an executed
 copy to ``<out>/<profile>/`` (never over the committed notebook). A failing notebook is reported with
 its failing cell and the others still run. Afterwards ``supplementary/<profile>/`` is rebuilt from
-the records. Exit code: 0 all passed, 1 a notebook failed, 2 the profile cannot run on this machine.
+the records. The preflight also checks that the cache's filesystem has the disk the run will add
+(:func:`helpers.cache.disk_needed`). Exit code: 0 all passed, 1 a notebook failed, 2 the profile cannot run on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from helpers import experiments, profiles, report, settings
+from helpers import cache, experiments, profiles, report, settings
 from helpers.core import config, storage
 from helpers.core.errors import DatasetError
 
@@ -101,6 +103,27 @@ def summary(runs: list[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
+def trainings(profile: str, since: str) -> str:
+    """Every training the run did, read from what its records state: records created since ``since``
+    whose ``protocol.training`` (or notebook 07's ``protocol.expert.training``) says epochs were trained
+    by that call (``ran``; a reused finished checkpoint is not a training)."""
+    from helpers.results import records
+
+    done: dict[tuple, dict] = {}
+    for r in records.read_records(profile=profile, skipped=[]):
+        p = r.get("protocol") or {}
+        for t in (p.get("training"), (p.get("expert") or {}).get("training")):
+            if r.get("created", "") >= since and isinstance(t, dict) and t.get("ran"):
+                done[(r["experiment"], t["what"])] = t
+    if not done:
+        return "trainings in this run: none (finished checkpoints and recorded results were reused)"
+    lines = [f"trainings in this run ({len(done)}):"]
+    for (exp, what), t in done.items():
+        resumed = f", resumed at epoch {t['resumed_from_epoch']}" if t.get("resumed_from_epoch") else ""
+        lines.append(f"  {exp[:2]}  {what}: {t['epochs_trained']} epoch(s){resumed}, {t['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.suite", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default=config.profile_name(),
@@ -116,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="folder for executed notebooks (default <output>/runs)")
     ap.add_argument("--no-report", action="store_true", help="skip rebuilding supplementary/")
     ap.add_argument("--skip-preflight", action="store_true",
-                    help="start without checking data, weights and download hosts first (a notebook that "
-                         "lacks them then fails on its own)")
+                    help="start without checking data, weights, download hosts and free disk first (a "
+                         "notebook that lacks them then fails on its own)")
     args = ap.parse_args(argv)
 
     try:  # the whole configuration is validated before anything starts
@@ -149,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                 storage.ensure_writable_dir(folder, what, var)
     except storage.NotWritableError as e:
         problems.append(str(e))
+    if splits is not None and not problems:  # the disk the run adds to the cache (formula: cache.disk_needed)
+        short = cache.disk_problem(profile.settings, {s: len(v) for s, v in splits.items()},
+                                   [p.name[:2] for p in selected])
+        if short:
+            problems.append(short)
     if args.skip_preflight:
         print("preflight skipped (--skip-preflight): missing data, weights or network fail in the notebook "
               "that needs them", file=sys.stderr)
@@ -165,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["CLIPLAB_PROFILE"] = str(profile.path) if profile.path.parent != profiles.PROFILES_DIR else profile.name
 
     runs = []
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")  # as records' "created"
     bar = tqdm(selected, desc=f"suite [{profile.name}]", unit="notebook")
     try:
         for path in bar:
@@ -180,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     bar.close()
     print("\n" + summary(runs))
+    print("\n" + trainings(profile.name, started))
     print(f"\nexecuted notebooks: {out_dir}")
     if not args.no_report:  # the exit code speaks of the notebooks; a report that fails says so and why
         try:

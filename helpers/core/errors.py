@@ -51,3 +51,8 @@ class ProfileError(ConfigError):
 
 class RunInProgressError(RuntimeError):
     """Another process owns the run folder (the same training started twice); the message names it."""
+
+
+class MissingCheckpointError(RuntimeError):
+    """A checkpoint an experiment needs was not recorded, and training it here is switched off; the
+    message names the run that makes it."""

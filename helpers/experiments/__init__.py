@@ -41,6 +41,7 @@ class Experiment:
     table). ``comparison(record) -> column | None``: the column of the side-by-side table a record
     fills (None: it fills none); ``comparison_columns`` orders those columns. ``pivot``: the layout of
     its classification results in the report (None: one row per result, metrics as columns).
+    ``headline(figure path) -> bool``: the figures the report's summary shows beside the table.
     """
 
     id: str  # the records' ``experiment`` field, and the notebook's file stem
@@ -51,6 +52,8 @@ class Experiment:
     comparison_columns: tuple[str, ...] = field(default_factory=tuple)
     needs: tuple[str, ...] = ("train", "val", "test")  # the dataset splits it reads
     pivot: Pivot | None = None
+    # which of its figures carry the study onto the report's first page (by file name; trained results only)
+    headline: Callable[[str], bool] | None = None
 
     def lacks(self, splits) -> list[str]:
         """The splits it needs that ``splits`` (names) does not have."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+import gc
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,17 @@ from helpers.core import config, distributed, storage
 from helpers.data import Samples, prompts, synthetic, transforms
 from helpers.eval import features, metrics, probes, zeroshot
 from helpers.experiments import Experiment
-from helpers.experiments.common import Outcome, encode, save_stamped, slug, train_config
+from helpers.experiments.common import (
+    Outcome,
+    encode,
+    fingerprint,
+    recorded,
+    save_stamped,
+    say_skipped,
+    slug,
+    train_config,
+    training_card,
+)
 from helpers.profiles import Profile
 from helpers.results import plots, records
 from helpers.train import clip_objectives as cf
@@ -35,7 +46,7 @@ EXPERIMENT = Experiment(
     "06_clip_finetune", "06 — CLIP fine-tuning, WiSE-FT and retrieval", section="clip_finetune",
     comparison=lambda rec: "fine-tuned" if records.facets(rec).get("stage") == "fine-tuned"
     or records.facets(rec).get("label1") == "fine-tuned" else None,
-    comparison_columns=("fine-tuned",))
+    comparison_columns=("fine-tuned",), headline=lambda path: path.endswith("-wise-ft.png"))
 
 
 def held_out_tests(P: Profile, names) -> list[Samples]:
@@ -66,16 +77,47 @@ def in_memory(like: models.LoadedModel, spec: str, model: torch.nn.Module, statu
                                source_file=None, meta=meta or {})
 
 
+@dataclass(frozen=True)
+class ModelCard:
+    """What a record needs of a model, its card, without holding its weights (WiSE-FT makes one model per
+    alpha; keeping them all would hold 11 copies of the CLIP)."""
+
+    card_: dict
+
+    def card(self) -> dict:
+        return self.card_
+
+
 @dataclass
 class FineTuneRun:
+    """One objective's fine-tuning. The model is held only while its objective is measured
+    (:meth:`release` drops it); afterwards ``loaded`` reads the checkpoint back from disk, so a run over
+    several objectives holds one fine-tuned model at a time. ``tuned`` is None for an objective whose
+    results were already recorded (resumed: nothing was trained or measured)."""
+
     objective: str
-    tuned: supervised.Finetuned
-    loaded: models.LoadedModel  # the saved checkpoint read back through file:<path>
+    tuned: supervised.Finetuned | None
+    spec: str  # the saved checkpoint's spec (file:<path>, open_clip:local-dir:..., hf:...)
     freeze: dict
     checkpoint: str
     train_card: dict
     trained_sha256: str  # this process's weights after training (ranks of a DDP run must agree)
     initial_sha256: str
+    held: models.LoadedModel | None = field(default=None, repr=False)
+
+    @property
+    def loaded(self) -> models.LoadedModel:
+        """The fine-tuned model: the one held, else read back through its spec (not kept)."""
+        return self.held if self.held is not None else models.load_model(self.spec)
+
+    def release(self) -> None:
+        """Off the device, references dropped, collected: memory goes back before the next objective."""
+        if self.held is not None:
+            self.held.model.to("cpu")
+            self.held = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _head_init(P: Profile, objective: str, loaded0: models.LoadedModel, splits, s: dict):
@@ -85,7 +127,8 @@ def _head_init(P: Profile, objective: str, loaded0: models.LoadedModel, splits, 
     if objective == "LP-FT":
         f = {k: encode(P, loaded0, splits[k]) for k in ("train", "val")}
         fit = probes.fit_logistic(f["train"].features, f["train"].labels, f["val"].features, f["val"].labels,
-                                  refit_on_val=False, max_iter=int(s.get("probe_max_iter", 1000)))
+                                  refit_on_val=False, max_iter=int(s.get("probe_max_iter", 1000)),
+                                  backend=P["few_shot"]["probe_backend"])
         return (torch.as_tensor(fit.model.coef_, dtype=torch.float32),
                 torch.as_tensor(fit.model.intercept_, dtype=torch.float32), {"probe_C": fit.C})
     if objective == "ML" and s.get("head_init", "zero-shot") == "zero-shot":
@@ -131,33 +174,50 @@ def fine_tune(P: Profile, splits: dict[str, Samples], objective: str, s: dict, p
     saved = models.save_finetuned(loaded0, tuner.clip, stem, meta) if distributed.is_main() else None
     saved = distributed.broadcast_object(saved)
     loaded = models.load_model(saved)
-    return FineTuneRun(objective, tuned, loaded, freeze, loaded.source_file or saved, train_card,
-                       storage.sha256_state_dict(tuner.clip.state_dict()), loaded0.weights_sha256)
+    return FineTuneRun(objective, tuned, loaded.spec, freeze, loaded.source_file or saved, train_card,
+                       storage.sha256_state_dict(tuner.clip.state_dict()), loaded0.weights_sha256, held=loaded)
+
+
+def checkpoint_reference(P, spec: str) -> tuple[str, str]:
+    """``06:<objective>[:<model spec>]`` -> (objective, starting model; default ``clip_finetune.model``)."""
+    _, objective, *model = spec.split(":", 2)
+    return objective, model[0] if model else P["clip_finetune"]["model"]
+
+
+def recorded_checkpoint(P, splits, spec: str) -> dict | None:
+    """The newest notebook-06 record of the checkpoint ``06:<objective>[:<model spec>]`` names in this
+    profile (that objective, that starting model, this dataset) whose weights are still on disk
+    unchanged; None when there is none."""
+    objective, model = checkpoint_reference(P, spec)
+    found = [r for r in records.read_records(profile=P.name)
+             if r["experiment"] == EXPERIMENT.id and r["variant"] == f"{objective}|fine-tuned"
+             and r["protocol"].get("train_card", {}).get("spec") == model
+             and r["dataset"].get("name") == splits["test"].name]
+    for rec in sorted(found, key=lambda r: r["created"], reverse=True):
+        if checkpoint_unchanged(rec["model"]["spec"], rec["model"]["weights_sha256"]):
+            return rec
+    return None
 
 
 def checkpoint_spec(P, splits, spec: str, progress: bool = True) -> str:
-    """A model spec; ``06:<objective>[:<model spec>]`` names the checkpoint notebook 06
-    recorded in this profile for that objective and starting model (default: the profile's
-    ``clip_finetune.model``); its weights must still match the recorded sha256. When there is none, it
-    is trained now with notebook 06's code and settings."""
+    """A model spec; ``06:<objective>[:<model spec>]`` names the checkpoint notebook 06 recorded (see
+    :func:`recorded_checkpoint`). When there is none, it is trained now with notebook 06's code and
+    settings (notebook 07 trains its expert with its own, stated settings instead)."""
     if not spec.startswith("06:"):
         return spec
-    _, objective, *model = spec.split(":", 2)
-    settings = dict(P["clip_finetune"], **({"model": model[0]} if model else {}))
-    found = [r for r in records.read_records(profile=P.name)
-             if r["experiment"] == EXPERIMENT.id and r["variant"] == f"{objective}|fine-tuned"
-             and r["protocol"].get("train_card", {}).get("spec") == settings["model"]
-             and r["dataset"].get("name") == splits["test"].name]
-    for rec in sorted(found, key=lambda r: r["created"], reverse=True):
-        if _unchanged(rec["model"]["spec"], rec["model"]["weights_sha256"]):
-            return rec["model"]["spec"]
+    rec = recorded_checkpoint(P, splits, spec)
+    if rec is not None:
+        return rec["model"]["spec"]
+    objective, model = checkpoint_reference(P, spec)
     if progress:
-        print(f"no {objective} checkpoint of {settings['model']} from notebook 06 in profile {P.name}: "
+        print(f"no {objective} checkpoint of {model} from notebook 06 in profile {P.name}: "
               "training it now with notebook 06's code and settings")
-    return fine_tune(P, splits, objective, settings, progress=progress).loaded.spec
+    run = fine_tune(P, splits, objective, dict(P["clip_finetune"], model=model), progress=progress)
+    run.release()
+    return run.spec
 
 
-def _unchanged(spec: str, sha256: str) -> bool:
+def checkpoint_unchanged(spec: str, sha256: str) -> bool:
     """The checkpoint a record names is still on disk with the weights that record measured."""
     if spec.startswith("file:"):
         path = Path(spec[len("file:"):])
@@ -170,7 +230,12 @@ def _unchanged(spec: str, sha256: str) -> bool:
 
 def wise_ft(P: Profile, loaded0: models.LoadedModel, run: FineTuneRun, tests: list[Samples], alphas, templates
             ) -> list[dict]:
-    """Zero-shot accuracy of theta = (1 - alpha) theta_0 + alpha theta_ft on each test split."""
+    """Zero-shot accuracy of theta = (1 - alpha) theta_0 + alpha theta_ft on each test split.
+
+    Each alpha is a model of its own weights, so each test split is encoded once per alpha (11 alphas:
+    11 encodes per objective) through the feature cache, keyed by the interpolated weights' sha256: a
+    rerun hashes and reads, it does not encode again. Only one interpolated model exists at a time;
+    a row keeps its card, not the model."""
     rows = []
     start, end = loaded0.model.state_dict(), run.loaded.model.state_dict()
     for alpha in alphas:
@@ -182,7 +247,8 @@ def wise_ft(P: Profile, loaded0: models.LoadedModel, run: FineTuneRun, tests: li
         for t in tests:
             m = zero_shot_metrics(P, loaded, t, templates)
             rows.append({"alpha": float(alpha), "dataset": t.name, "top1": m["top1"], "metrics": m,
-                         "loaded": loaded, "samples": t, "untrained": not loaded.trained})
+                         "loaded": ModelCard(loaded.card()), "samples": t, "untrained": not loaded.trained})
+        del model, loaded
     return rows
 
 
@@ -229,6 +295,22 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
 
     for objective in s["objectives"]:
         timer = records.Timer()
+        resume = fingerprint(objective=objective, settings={k: v for k, v in s.items() if k not in ("objectives", "retrieval")},
+                             seed=P.seed, start=loaded0.weights_sha256, tests=[t.fingerprint() for t in tests],
+                             data={k: splits[k].fingerprint() for k in ("train", "val", "test")},
+                             autocast=config.dtype_name(config.autocast_dtype()))
+        done = _recorded_objective(P, objective, resume, tests, s)
+        if done is not None:  # every result of this objective exists for this protocol: nothing to train or encode
+            say_skipped(EXPERIMENT.id, f"{objective} of {s['model']}", done)
+            tuned_rec = done[f"{objective}|fine-tuned"]
+            p = tuned_rec["protocol"]
+            extra["runs"][objective] = FineTuneRun(objective, None, tuned_rec["model"]["spec"], p["freeze"], p["checkpoint"],
+                                                   p["train_card"], tuned_rec["model"]["weights_sha256"],
+                                                   p["train_card"]["weights"])
+            _table_rows(objective, list(done.values()), rows, extra)
+            recs.extend(done.values())
+            continue
+        first = len(recs)
         run = fine_tune(P, splits, objective, s, progress=progress)
         extra["runs"][objective] = run
         tuned, status = run.tuned, "fine-tuned" if loaded0.trained else "trained from scratch"
@@ -245,35 +327,62 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
                     "epochs_run": len(tuned.result.history), "best_epoch": tuned.result.best_epoch,
                     "stopped": tuned.result.stopped, "train_seconds": tuned.result.seconds,
                     "resumed_from_epoch": tuned.result.resumed_from, "checkpoint": run.checkpoint,
-                    "history": tuned.result.history, "autocast": config.dtype_name(config.autocast_dtype())}
+                    "history": tuned.result.history, "autocast": config.dtype_name(config.autocast_dtype()),
+                    "resume": resume, "training": training_card(f"06 {objective} fine-tuning of {s['model']}", tuned.result)}
         record(f"{objective}|fine-tuned", {**tuned.test_metrics, "best_val_top1": tuned.result.best_metric},
                test, run.loaded, protocol, timer.seconds, saved, predictions=tuned.test_logits, head=head,
                objective=objective, stage="fine-tuned")
-        rows.append({"objective": objective, "stage": status, "dataset": test.name,
-                     "top1": tuned.test_metrics["top1"], "untrained": False})
         for t in tests:
             m = zero_shot_metrics(P, run.loaded, t, templates)
             record(f"{objective}|zero-shot after|{t.name}", m, t, run.loaded,
-                   {"stage": f"zero-shot after {objective} fine-tuning", "checkpoint": run.checkpoint}, timer.seconds,
-                   head="zero-shot", objective=objective, stage="zero-shot after")
-            rows.append({"objective": objective, "stage": "zero-shot after", "dataset": t.name, "top1": m["top1"],
-                         "untrained": False})
+                   {"stage": f"zero-shot after {objective} fine-tuning", "checkpoint": run.checkpoint, "resume": resume},
+                   timer.seconds, head="zero-shot", objective=objective, stage="zero-shot after")
         if s.get("wise_ft") and not tuned_has_head(objective):
             wrows = wise_ft(P, loaded0, run, tests, s["wise_ft"]["alphas"], templates)
             fig = wise_ft_figure(wrows, f"WiSE-FT: {s['model']} {objective}")
-            wsaved = [save_stamped(fig, P, f"{stem}-wise-ft", s["model"], False)]
             if not loaded0.trained:
                 fig.axes[0].annotate("alpha=0: untrained weights", (0, 0), xycoords="axes fraction",
                                      xytext=(4, 4), textcoords="offset points", fontsize=7, color="gray")
+            wsaved = [save_stamped(fig, P, f"{stem}-wise-ft", s["model"], False)]
             figs[f"{objective} WiSE-FT"] = fig
             for r in wrows:
                 record(f"{objective}|wise-ft alpha={r['alpha']:g}|{r['dataset']}", r["metrics"], r["samples"],
                        r["loaded"], {"stage": "WiSE-FT", "alpha": r["alpha"], "zero_shot": s["model"],
-                                     "fine_tuned": run.checkpoint}, timer.seconds, wsaved,
+                                     "fine_tuned": run.checkpoint, "resume": resume}, timer.seconds, wsaved,
                        head="zero-shot", objective=objective, stage="WiSE-FT", alpha=r["alpha"])
-            extra.setdefault("wise_ft", {})[objective] = pd.DataFrame(
-                [{k: r[k] for k in ("alpha", "dataset", "top1", "untrained")} for r in wrows])
+            del wrows
+        _table_rows(objective, recs[first:], rows, extra)
+        run.release()  # the next objective starts with this one's model off the device and collected
     return Outcome(recs, records.mask_untrained(pd.DataFrame(rows), ["top1"]), figs, extra)
+
+
+def _recorded_objective(P: Profile, objective: str, resume: str, tests: list[Samples], s: dict) -> dict | None:
+    """Every record of ``objective`` written for this protocol (fine-tuned, zero-shot after on each test,
+    WiSE-FT per alpha), with its checkpoint still on disk unchanged; else None. Rank 0 decides."""
+    variants = [f"{objective}|fine-tuned", *(f"{objective}|zero-shot after|{t.name}" for t in tests)]
+    if s.get("wise_ft") and not tuned_has_head(objective):
+        variants += [f"{objective}|wise-ft alpha={float(a):g}|{t.name}" for a in s["wise_ft"]["alphas"] for t in tests]
+    done = recorded(P, EXPERIMENT.id, resume, variants) if distributed.is_main() else None
+    if done is not None:
+        model = done[f"{objective}|fine-tuned"]["model"]
+        done = done if checkpoint_unchanged(model["spec"], model["weights_sha256"]) else None
+    return distributed.broadcast_object(done)
+
+
+def _table_rows(objective: str, recs: list[dict], rows: list[dict], extra: dict) -> None:
+    """The notebook's table rows (and WiSE-FT table) of one objective, from its records: the same whether
+    they were measured now or read back on a rerun."""
+    wise = []
+    for r in recs:
+        stage, top1 = r["protocol"].get("stage"), r["metrics"]["top1"]
+        if stage == "WiSE-FT":
+            wise.append({"alpha": r["protocol"]["alpha"], "dataset": r["dataset"]["name"], "top1": top1,
+                         "untrained": r["untrained"]})
+        elif r["variant"].startswith(f"{objective}|"):
+            rows.append({"objective": objective, "stage": "zero-shot after" if "zero-shot after" in r["variant"] else stage,
+                         "dataset": r["dataset"]["name"], "top1": top1, "untrained": False})
+    if wise:
+        extra.setdefault("wise_ft", {})[objective] = pd.DataFrame(wise)
 
 
 def tuned_has_head(objective: str) -> bool:
@@ -371,6 +480,7 @@ def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) 
                       "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                       "selection": "best epoch by mean recall on the val images"},
             facets={"task": "retrieval", "stage": stage}))
+    recs[-1]["protocol"]["training"] = training_card(f"06 caption fine-tuning of {spec}", result)
     if distributed.is_main():
         for rec in recs:
             records.append_record(rec)

@@ -26,7 +26,7 @@ def _comparison(rec: dict) -> str | None:
 EXPERIMENT = Experiment(
     "04_few_shot", "04 — Few-shot and linear probes on frozen CLIP features", section="few_shot",
     summarise=tables.seed_summary, comparison=_comparison, comparison_columns=("16-shot probe", "linear probe"),
-    pivot=Pivot(rows=("model", "head"), columns=("k",)))
+    pivot=Pivot(rows=("model", "head"), columns=("k",)), headline=lambda path: True)
 
 
 def summarise_points(rows: list[dict], metric: str = "top1") -> pd.DataFrame:
@@ -55,7 +55,8 @@ def run(P: Profile, splits: dict[str, Samples], specs: list[str] | None = None) 
         notes: list[str] = []
         rows = kshot_rows(f["train"], f["val"], f["test"], test.num_classes, ks, seeds,
                           zs=(classifier, zeroshot.logit_scale(loaded)),
-                          max_iter=int(settings.get("max_iter", 1000)), notes=notes)
+                          max_iter=int(settings.get("max_iter", 1000)), notes=notes,
+                          backend=settings["probe_backend"])
         for note in dict.fromkeys(notes):
             print(f"{spec}: {note}")
         for r in rows:
@@ -66,12 +67,13 @@ def run(P: Profile, splits: dict[str, Samples], specs: list[str] | None = None) 
             untrained_specs.append(spec)
         protocol = {
             "sampling": "k images per class from the train split only (val/test never sampled)",
-            "probe": f"sklearn LogisticRegression(lbfgs) on L2-normalised features; C swept on val over "
+            "probe": f"multinomial logistic regression (L-BFGS; backend in probe_backend) on L2-normalised features; C swept on val over "
                      f"{len(probes.C_GRID)} values 1e-3..1e3; k-shot: fit on the k-shot sample; all: refit on train+val",
             "zero_shot_init": "torch linear head initialised with scale x text classifier, AdamW full batch, "
                               "best val step kept (step 0 = zero-shot)",
             "templates": prompts.templates(P["templates"]), "ks": ks, "seeds": seeds, "skipped_ks": notes,
-            "features_from_cache": {s: f[s].from_cache for s in f}, "transform": loaded.transform()[1]}
+            "features_from_cache": {s: f[s].from_cache for s in f}, "encoded_with": f["test"].encoded_with,
+            "transform": loaded.transform()[1]}
         card = loaded.card()
         recs.append(records.make_record("04_few_shot", zs["metrics"], dataset=test.card(), model=card,
                                         profile=P.name, variant="zero-shot", protocol=protocol, seeds=seeds,

@@ -48,12 +48,12 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
                                         batch_size=int(P.get("batch_size", 64))) for s in ("train", "val", "test")}
         card = bb.card()
         protocol = {"input_size": size, "transform": tcard, "features": "penultimate layer, frozen",
-                    "probe": "as notebook 04: sklearn LogisticRegression(lbfgs), C swept on val; k-shot fit on "
+                    "probe": "as notebook 04: multinomial logistic regression (L-BFGS), C swept on val; k-shot fit on "
                              "the k-shot sample, all: refit on train+val"}
         notes: list[str] = []
         for r in kshot_rows(f["train"], f["val"], f["test"], test.num_classes, settings["probe_ks"],
                             list(P["few_shot"]["seeds"]), max_iter=int(P["few_shot"].get("max_iter", 1000)),
-                            notes=notes):
+                            notes=notes, backend=P["few_shot"]["probe_backend"]):
             regime = "linear probe" if r["k"] == "all" else f"{r['k']}-shot probe"
             rows.append({"model": spec, "regime": regime, "seed": r["seed"], "top1": r["metrics"]["top1"],
                          "untrained": not bb.trained})

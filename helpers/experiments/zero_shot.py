@@ -46,7 +46,8 @@ def run(P: Profile, spec: str, samples: Samples, templates=None, grid_images: in
         protocol={"head": "zero-shot text classifier (mean of normalised prompt embeddings)",
                   "templates": prompts.templates(templates), "logit_scale": zeroshot.logit_scale(loaded),
                   "transform": transform_card, "feature_cache": feats.key[:16],
-                  "features_from_cache": feats.from_cache, "batch_size": int(P.get("batch_size", 64))},
+                  "features_from_cache": feats.from_cache,
+                  "encoded_with": feats.encoded_with, "batch_size": int(P.get("batch_size", 64))},
         seeds=[P.seed], wall_time_s=timer.seconds, figures=saved, facets={"head": "zero-shot"},
         predictions=result["logits"], labels=feats.labels)
     records.append_record(rec)
