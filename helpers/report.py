@@ -169,13 +169,46 @@ def _summary_blocks(all_recs: list[dict]) -> list[tuple[str, object]]:
                       ("p", "No trained model has results here yet: every model so far has untrained weights."))
         if left_out:
             blocks.append(("p", f"Left out: {', '.join(left_out)} — {UNTRAINED_WHY}."))
+        blocks.append(("p", _summary_protocol(all_recs, name)))
         paired = paired_rows(all_recs, name)
         if not paired.empty:
             blocks += [("p", "Best against runner-up of each column on the same test images: the gap in top-1 with a "
                              "paired bootstrap 95% CI (images resampled), and McNemar's exact test, a two-sided binomial "
                              "test on the images only one of the two gets right (their numbers in brackets: only the "
                              "best right vs only the runner-up right)."), ("table", paired)]
+        blocks += [("image", f) for f in headline_figures(all_recs, name)]
     return blocks
+
+
+def _summary_protocol(recs: list[dict], dataset: str) -> str:
+    """One line under a summary: which experiment fills each column, over how many seeds."""
+    cells, columns = _comparison_cells(recs, dataset)
+    parts = []
+    for col in columns:
+        found = [r for (_, c), rs in cells.items() if c == col for r in rs if not r.get("untrained")]
+        if not found:
+            continue
+        exps = sorted({r["experiment"][:2] for r in found})
+        seeds = max(len({_seed(r) for (s, c), rs in cells.items() if c == col for r in rs if s == spec})
+                    for spec in {r["model"].get("spec") for r in found})
+        parts.append(f"{col} from {'/'.join(exps)}" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
+    return ("Protocol: " + "; ".join(parts) + ". Test images are never used to choose prompts, C, epochs or alpha "
+            "(val decides); each experiment's section states its protocol in full.") if parts else ""
+
+
+def headline_figures(recs: list[dict], dataset: str) -> list[Path]:
+    """The figures that carry the study (each experiment's ``headline``), of trained results on ``dataset``."""
+    registry = experiments.by_id()
+    out: dict[Path, None] = {}
+    for r in recs:
+        exp = registry.get(r.get("experiment"))
+        if exp is None or exp.headline is None or r.get("untrained") or r.get("dataset", {}).get("name") != dataset:
+            continue
+        for f in r.get("figures", []):
+            path = config.output_root() / f
+            if exp.headline(str(f)) and path.is_file():
+                out[path] = None
+    return list(out)
 
 
 # ----------------------------------------------------------------------------- per experiment
@@ -625,8 +658,11 @@ def _pdf_table(pdf, df: pd.DataFrame, width: float, FontFace) -> None:
     size = 6.5 if len(df.columns) > 7 else 7.5
     cells = [[str(c) for c in df.columns]] + [[_cell(v) for v in row] for _, row in df.iterrows()]
     pdf.set_font("DejaVu", "B", size)
-    floor = [max((pdf.get_string_width(w) for w in name.split()), default=0) + 2.5 for name in cells[0]]
+    floor = [min(40.0, max((pdf.get_string_width(w) for w in name.split()), default=0) + 2.5) for name in cells[0]]
     pdf.set_font("DejaVu", "", size)
+    # no column narrower than its longest word (up to 40 mm): short names such as "pil-bilinear" never break
+    floor = [max(f, min(40.0, max((pdf.get_string_width(w) for r in cells[1:] for w in r[j].split()), default=0) + 2.5))
+             for j, f in enumerate(floor)]
     want = [max(max((pdf.get_string_width(r[j]) for r in cells[1:]), default=0) + 2.5, floor[j], 8)
             for j in range(len(cells[0]))]
     room = width - 0.5
