@@ -693,26 +693,29 @@ def _relpath(path, base: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- executed notebooks
-def export_notebook_html(notebook: Path) -> Path:
-    """``<notebook>.html`` beside an executed notebook, with its outputs and images, by nbconvert
-    (no TeX involved); written atomically."""
+def export_notebook_html(notebook: Path, page: Path) -> Path:
+    """``page``: an executed notebook as one HTML file with its outputs and images, by nbconvert (no
+    TeX involved); written atomically."""
     import nbconvert
     import nbformat
 
     nb = nbformat.read(str(notebook), as_version=4)
     body, _ = nbconvert.HTMLExporter(template_name="classic").from_notebook_node(nb)
-    return storage.atomic_write_text(Path(notebook).with_suffix(".html"), body)
+    return storage.atomic_write_text(page, body)
 
 
-def notebook_pages(runs: Path) -> dict[str, Path]:
-    """Executed notebooks of ``runs`` as HTML by notebook stem, exported where the HTML is missing or
-    older than its notebook; one that cannot be exported is left unlinked with a warning."""
-    out = {}
+def notebook_pages(runs: Path, folder: Path) -> dict[str, Path]:
+    """Executed notebooks of ``runs`` as HTML in ``folder`` (``supplementary/<profile>/notebooks/``,
+    beside the report that links them) by notebook stem, exported where the page is missing or older
+    than its notebook; pages already there for notebooks not rerun on this machine are kept and linked.
+    A notebook that cannot be exported is left unlinked with a warning."""
+    out = {page.stem: page for page in sorted(Path(folder).glob("[0-9][0-9]_*.html"))} if Path(folder).is_dir() else {}
     for nb in sorted(Path(runs).glob("[0-9][0-9]_*.ipynb")) if Path(runs).is_dir() else []:
-        page = nb.with_suffix(".html")
+        page = Path(folder) / f"{nb.stem}.html"
         try:
             if not page.is_file() or page.stat().st_mtime < nb.stat().st_mtime:
-                export_notebook_html(nb)
+                storage.ensure_writable_dir(Path(folder), "executed notebooks (HTML)", "CLIPLAB_OUT")
+                export_notebook_html(nb, page)
             out[nb.stem] = page
         except Exception as e:  # noqa: BLE001 (a notebook that does not export must not stop the report)
             warnings.warn(f"report: {nb.name} could not be exported to HTML ({type(e).__name__}: {e})", stacklevel=2)
@@ -738,7 +741,7 @@ def build(profile: str | None = None, runs: Path | None = None) -> dict[str, Pat
     ``runs``: the executed notebooks to link (default ``<output>/runs/<profile>``)."""
     profile = profile or config.profile_name()
     folder = storage.ensure_writable_dir(config.supplementary_dir(profile), "report", "CLIPLAB_OUT")
-    blocks = sections(profile, notebook_pages(runs or config.output_root() / "runs" / profile))
+    blocks = sections(profile, notebook_pages(runs or config.output_root() / "runs" / profile, folder / "notebooks"))
     table = _public(records.results_frame(records.read_records(profile=profile, skipped=[])))
     written = {
         "results.csv": storage.atomic_write_text(folder / "results.csv", table.to_csv(index=False)),

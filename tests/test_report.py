@@ -155,3 +155,22 @@ def test_experiment_tables_aggregate_seeds_and_leave_untrained_out():
     assert "k=4" in section and "over 3 seeds" in section
     assert "Left out of the tables: 1 result of untrained weights (scratch:tiny-rn)" in section
     assert "0.1000" not in section.split("## Appendix")[0]
+
+
+def test_executed_notebooks_are_exported_beside_the_report_and_linked(tmp_path):
+    import nbformat
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="1\n")])])
+    nbformat.write(nb, str(runs / "01_zero_shot.ipynb"))
+    _record()
+    written = report.build("smoke", runs=runs)
+    page = config.supplementary_dir("smoke") / "notebooks" / "01_zero_shot.html"
+    assert page.is_file() and "print" in page.read_text()
+    assert "[Executed notebook: 01_zero_shot.html](notebooks/01_zero_shot.html)" in written["report.md"].read_text()
+    assert 'href="notebooks/01_zero_shot.html"' in written["report.html"].read_text()
+    # a later build from another machine's runs (none here) still links the page already exported
+    again = report.build("smoke", runs=tmp_path / "elsewhere")
+    assert "notebooks/01_zero_shot.html" in again["report.md"].read_text()
