@@ -47,11 +47,8 @@ import clip  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from helpers import data, models  # noqa: E402
-from helpers.core import (  # noqa: E402
-    compiled,
-    config,  # noqa: E402
-    features,
-)
+from helpers.core import compiled, config  # noqa: E402
+from helpers.eval import features  # noqa: E402
 from helpers.results import records  # noqa: E402
 
 TEMPLATE = "a centered satellite photo of {}."
