@@ -93,7 +93,13 @@ def test_open_clip_checkpoint_equals_open_clip_itself(open_clip_checkpoint, imag
     assert loaded.tokenize(["x"]).shape[-1] == 32  # the model's own tokenizer and context length
 
 
-def test_open_clip_spec_errors_name_what_to_do(tmp_path):
+def test_open_clip_spec_errors_name_what_to_do(tmp_path, monkeypatch):
+    import open_clip.pretrained
+
+    def offline(*args, **kwargs):  # what the hub client raises without network, at once instead of after retries
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", offline)
     with pytest.raises(ModelSpecError, match="not an open_clip model config"):
         models.parse("open_clip:ViT-B-99:laion2b")
     with pytest.raises(ModelSpecError, match=r"no pretrained tag 'nope'; tags: .*laion2b_s34b_b79k"):
