@@ -116,7 +116,7 @@ def trainings(profile: str, since: str) -> str:
             if r.get("created", "") >= since and isinstance(t, dict) and t.get("ran"):
                 done[(r["experiment"], t["what"])] = t
     if not done:
-        return "trainings in this run: none (finished checkpoints and recorded results were reused)"
+        return "trainings in this run: none (no notebook trained, or each reused its finished checkpoint or recorded results)"
     lines = [f"trainings in this run ({len(done)}):"]
     for (exp, what), t in done.items():
         resumed = f", resumed at epoch {t['resumed_from_epoch']}" if t.get("resumed_from_epoch") else ""
