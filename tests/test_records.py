@@ -335,3 +335,19 @@ def test_committed_records_of_the_old_shape_still_load_into_facets_tables_and_th
     assert isinstance(resnet["fine-tuned"], float) and resnet["fine-tuned"] > 0.9  # trained, so shown
     written = report.build("offline")
     assert written["report.md"].is_file()
+
+
+def test_records_name_cache_and_data_folders_by_variable_and_read_back_as_this_machines(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLIPLAB_DATA", str(tmp_path / "data"))
+    ckpt = tmp_path / "cache" / "models" / "x.pt"
+    rec = records.make_record("06_clip_finetune", {"top1": 0.5},
+                              dataset={"name": "d", "split": "test", "root": str(tmp_path / "data" / "birds")},
+                              model={"spec": f"file:{ckpt}", "status": "trained"}, protocol={"checkpoint": ckpt})
+    path = records.append_record(rec, folder=tmp_path / "results")
+    text = path.read_text()
+    assert str(tmp_path) not in text  # no folder of this machine in the committed file
+    assert '"file:$CLIPLAB_CACHE/models/x.pt"' in text and '"$CLIPLAB_DATA/birds"' in text
+    back = records.read_records(tmp_path / "results")[0]
+    assert back["model"]["spec"] == f"file:{ckpt}" and back["dataset"]["root"] == str(tmp_path / "data" / "birds")
+    assert back["key"] == rec["key"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,35 @@ def cache_dir() -> Path:
 def data_root() -> Path:
     """Folder that holds datasets; ``<data_root>/eurosat_rgb`` is where EuroSAT is looked for."""
     return _env_path("CLIPLAB_DATA", cache_dir() / "data")
+
+
+def _roots() -> list[tuple[str, str]]:
+    """(variable, absolute folder), the longest folder first (the data folder may lie in the cache)."""
+    found = [("CLIPLAB_CACHE", str(cache_dir())), ("CLIPLAB_DATA", str(data_root()))]
+    return sorted(found, key=lambda r: -len(r[1]))
+
+
+def portable(text: str) -> str:
+    """``text`` with every path under the cache or data folder written from ``$CLIPLAB_CACHE`` or
+    ``$CLIPLAB_DATA``: records travel between machines and name no machine's folders (:func:`expand`
+    reads them back)."""
+    for name, root in _roots():
+        text = re.sub(re.escape(root) + r"(?![\w.-])", lambda _m, n=name: f"${n}", text)
+    return text
+
+
+def local(text: str) -> str:
+    """The inverse of :func:`portable`: ``$CLIPLAB_CACHE`` / ``$CLIPLAB_DATA`` as this machine's folders
+    (defaults included), e.g. in a model spec read back from a record."""
+    for name, root in _roots():
+        text = re.sub(r"\$\{?" + name + r"\}?(?![\w])", lambda _m, r=root: r, text)
+    return text
+
+
+def expand(path) -> Path:
+    """A path as a user or a record wrote it: ``~``, ``$CLIPLAB_CACHE``, ``$CLIPLAB_DATA`` (:func:`local`)
+    and other environment variables expanded."""
+    return Path(os.path.expandvars(local(str(path)))).expanduser()
 
 
 def output_root() -> Path:

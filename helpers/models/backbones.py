@@ -154,7 +154,7 @@ def timm_missing(spec: str) -> str | None:
     if weights is None:
         return None
     if weights != "pretrained":
-        path = Path(weights).expanduser()
+        path = config.expand(weights)
         return None if path.is_file() else f"{spec}: checkpoint file {path} does not exist; place the timm weights there"
     import timm
     from huggingface_hub import try_to_load_from_cache
@@ -177,7 +177,7 @@ def load_timm(spec: str, seed: int = 0, device: torch.device | None = None) -> B
     if weights == "pretrained":
         kwargs.update(pretrained=True, cache_dir=str(timm_cache()))
     elif weights:
-        path = Path(weights).expanduser()
+        path = config.expand(weights)
         if not path.is_file():
             raise WeightsNotFoundError(timm_missing(spec))
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})  # its classifier is dropped
@@ -191,7 +191,7 @@ def load_timm(spec: str, seed: int = 0, device: torch.device | None = None) -> B
         raise ModelSpecError(f"{spec}: the weights do not fit timm {name}: {e}") from e
     data_cfg = timm.data.resolve_data_config({}, model=model)
     if weights and weights != "pretrained":
-        sha, status = storage.sha256_file(Path(weights).expanduser()), "checkpoint"
+        sha, status = storage.sha256_file(config.expand(weights)), "checkpoint"
     else:
         sha, status = storage.sha256_state_dict(model.state_dict()), "pretrained" if weights else "untrained"
     model = model.float().eval().to(device or config.device())

@@ -194,7 +194,7 @@ def _openai_missing(spec: str) -> str | None:
 
 
 def _file_missing(spec: str) -> str | None:
-    path = Path(spec.partition(":")[2]).expanduser()
+    path = config.expand(spec.partition(":")[2])
     if not path.is_file():
         return f"{spec}: checkpoint file {path} does not exist; place the .pt file there"
     return None
@@ -223,7 +223,7 @@ def _load_openai_spec(spec: str, device=None) -> LoadedModel:
 
 
 def _load_file_spec(spec: str, device=None) -> LoadedModel:
-    path = Path(spec.partition(":")[2]).expanduser().resolve()
+    path = config.expand(spec.partition(":")[2]).resolve()
     if not path.is_file():
         raise WeightsNotFoundError(_file_missing(spec))
     model = _load_checkpoint_file(path, spec)
@@ -385,7 +385,7 @@ registry.register(registry.ModelKind(
     missing=_openai_missing, url=lambda spec: openai_weights_path(spec.partition(":")[2])[2], load=_load_openai_spec,
     save=_save_openai_format))
 registry.register(registry.ModelKind(
-    "file", "file:<path> (an OpenAI-format state dict or TorchScript archive)", lambda body: Path(body).expanduser(),
+    "file", "file:<path> (an OpenAI-format state dict or TorchScript archive)", lambda body: config.expand(body),
     missing=_file_missing, load=_load_file_spec, save=_save_openai_format))
 registry.register(registry.ModelKind(
     "scratch", "scratch:<config>[,key=value][@seed] (random weights; configs " + ", ".join(SCRATCH_CONFIGS) + ")",

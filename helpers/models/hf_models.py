@@ -25,7 +25,7 @@ def cache_dir() -> Path:
 
 
 def _is_local(body: str) -> bool:
-    return body.startswith(("/", ".", "~")) or Path(body).expanduser().exists()
+    return body.startswith(("/", ".", "~", "$")) or config.expand(body).exists()
 
 
 def parse(body: str) -> str:
@@ -61,13 +61,13 @@ class HFCLIP(torch.nn.Module):
 
 
 def _source(body: str) -> str:
-    return str(Path(body).expanduser().resolve()) if _is_local(body) else body
+    return str(config.expand(body).resolve()) if _is_local(body) else body
 
 
 def missing_weights(spec: str) -> str | None:
     body = parse(spec.partition(":")[2])
     if _is_local(body):
-        path = Path(body).expanduser()
+        path = config.expand(body)
         if not (path / "config.json").is_file():
             return (f"{spec}: {path} is not a save_pretrained folder (no config.json); save the model, "
                     "tokenizer and image processor there with save_pretrained")

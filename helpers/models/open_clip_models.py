@@ -41,7 +41,7 @@ def parse(body: str) -> tuple[str, str, str | None]:
         folder = body[len("local-dir:"):]
         if not folder:
             raise ModelSpecError(f"open_clip:{body}: use open_clip:local-dir:<folder holding open_clip_config.json>")
-        return "dir", str(Path(folder).expanduser()), None
+        return "dir", str(config.expand(folder)), None
     if body.startswith("hf-hub:"):
         repo = body[len("hf-hub:"):].strip("/")
         if repo.count("/") != 1:
@@ -94,7 +94,7 @@ def missing_weights(spec: str) -> str | None:
     """Why ``spec`` cannot load offline: a local file that is not there, or weights not in the cache."""
     kind, name, weights = parse(spec.partition(":")[2])
     if kind == "file":
-        path = Path(weights).expanduser()
+        path = config.expand(weights)
         return None if path.is_file() else (f"{spec}: checkpoint file {path} does not exist; place the "
                                             "open_clip checkpoint (.pt/.bin/.safetensors) there")
     if kind == "dir":
@@ -130,7 +130,7 @@ def load(spec: str, device=None):
     if kind in ("file", "dir") and missing_weights(spec):
         raise WeightsNotFoundError(missing_weights(spec))
     model_name = _model_name(kind, name)
-    pretrained = str(Path(weights).expanduser()) if kind == "file" else weights
+    pretrained = str(config.expand(weights)) if kind == "file" else weights
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
                                                             cache_dir=str(cache_dir()))
@@ -143,7 +143,7 @@ def load(spec: str, device=None):
             raise WeightsNotFoundError(f"{spec}: the download failed ({str(e)[:200]}). {why}") from e
         raise ModelSpecError(f"{spec}: {weights or name} does not load into open_clip {name}: {e}") from e
     if kind == "file":
-        sha, source, status = storage.sha256_file(Path(weights).expanduser()), str(Path(weights).expanduser()), "checkpoint"
+        sha, source, status = storage.sha256_file(config.expand(weights)), str(config.expand(weights)), "checkpoint"
     else:
         sha, source = storage.sha256_state_dict(model.state_dict()), (name if kind == "dir" else None)
         status = {"random": "untrained", "dir": "checkpoint"}.get(kind, "pretrained")

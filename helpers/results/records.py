@@ -155,8 +155,23 @@ def short_model(spec) -> str:
     return re.sub(r"file:([^\s,\]|]+)", lambda m: "file:" + Path(m.group(1)).name, str(spec))
 
 
+def _paths(value, convert):
+    """``value`` with ``convert`` (:func:`config.portable` on writing, :func:`config.local` on reading)
+    applied to every string and path in it."""
+    if isinstance(value, (str, Path)):
+        return convert(str(value))
+    if isinstance(value, dict):
+        return {_paths(k, convert): _paths(v, convert) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_paths(v, convert) for v in value]
+    return value
+
+
 def append_record(record: dict, name: str | None = None, folder: Path | None = None) -> Path:
-    """Append one record to ``<results>/<name>.jsonl`` atomically (lock + write-rename)."""
+    """Append one record to ``<results>/<name>.jsonl`` atomically (lock + write-rename). Paths under the
+    cache and data folders are written from ``$CLIPLAB_CACHE`` / ``$CLIPLAB_DATA`` (:func:`config.portable`),
+    so committed records name no machine's folders; :func:`read_records` reads them back as this machine's."""
+    record = _paths(record, config.portable)
     folder = storage.ensure_writable_dir(folder or config.results_dir(record.get("profile")), "results",
                                          "CLIPLAB_OUT")
     path = folder / f"{name or record['experiment']}.jsonl"
@@ -198,7 +213,7 @@ def read_records(folder: Path | None = None, pattern: str = "*.jsonl", profile: 
                 skipped.append((path.name, i, why))
                 warnings.warn(f"{path}:{i} is not a usable record ({why}); skipped", stacklevel=2)
                 continue
-            out.append(rec)
+            out.append(_paths(rec, config.local))  # this machine's folders again, as when it was measured
     return out
 
 
