@@ -219,3 +219,32 @@ def test_worker_processes_give_the_same_features(tiny, samples, monkeypatch):
     in_process = _encode(tiny, samples, workers=0, use_cache=False)
     with_workers = _encode(tiny, samples, workers=2, use_cache=False)
     assert torch.equal(with_workers.features, in_process.features)
+
+
+def test_thread_decoded_batches_equal_the_dataset_items(tiny, samples):
+    """Batches decoded into the reused buffers hold exactly what the dataset's items hold, for a
+    subset too (rows keep their index in the samples), and a batch stays intact while the next is made."""
+    transform, _ = tiny.transform()
+    dataset = samples.dataset(transform)
+    rows = list(range(3, 3 + 2 * 5 + 2))  # two full batches of 5 and a short one
+    batches = features._decode_in_threads(torch.utils.data.Subset(dataset, rows), 5, 2)
+    first = next(batches)
+    kept = first[0].clone()
+    second = next(batches)
+    assert torch.equal(first[0], kept)  # the second batch went to the other buffer
+    got = [(kept, *first[1:]), second, *batches]
+    assert [len(b[0]) for b in got] == [5, 5, 2]
+    assert torch.equal(torch.cat([b[2] for b in got]), torch.tensor(rows))
+    assert torch.equal(torch.cat([b[1] for b in got]), torch.as_tensor(samples.labels[rows]))
+    assert torch.equal(got[-1][0], torch.stack([dataset[r][0] for r in rows[-2:]]))
+    assert torch.equal(kept, torch.stack([dataset[r][0] for r in rows[:5]]))
+
+
+def test_normalising_into_a_wrong_buffer_is_refused(tiny, samples):
+    from helpers.data.transforms import ToNormalizedTensor
+
+    norm = ToNormalizedTensor((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    img = Image.new("RGB", (8, 6))
+    assert torch.equal(norm(img, out=torch.empty(3, 6, 8)), norm(img))
+    with pytest.raises(ValueError, match="shape"):
+        norm(img, out=torch.empty(3, 8, 6))

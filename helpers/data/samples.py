@@ -15,6 +15,7 @@ import torch
 from helpers.core.errors import DatasetError
 from helpers.data.classnames import resolve_classnames
 from helpers.data.images import load_rgb
+from helpers.data.transforms import apply_into
 
 
 @dataclass
@@ -113,6 +114,14 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.labels[i]), i
+
+    def decode_into(self, i: int, out: torch.Tensor) -> int:
+        """Item ``i``'s image written into ``out`` (a slot of a reused batch buffer); returns its label."""
+        img = load_rgb(self.paths[i])
+        if self.transform is None:
+            raise ValueError("decode_into needs a transform that makes a tensor")
+        apply_into(self.transform, img, out)
+        return int(self.labels[i])
 
 
 def _relative(p: Path | str, root: Path) -> str:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
 from helpers.core import compiled as compiled_
@@ -259,16 +258,28 @@ def _read_back(meta: dict, key: str, path: Path, name: str) -> Features:
 
 def _decode_in_threads(dataset, batch_size: int, threads: int):
     """Batches like a ``DataLoader`` without workers, each batch decoded by ``threads`` threads of this
-    process while the model waits (PIL and torch release the GIL while decoding and transforming).
+    process while the model waits (PIL and numpy release the GIL while decoding and transforming).
 
     On CPU the forward pass keeps every core busy; a worker process can only decode by preempting one
     of torch's threads, which stalls the others at OpenMP barriers: -10 to -15% images/s for ViT-B/32
     on 2 cores, against ~2% for decoding in parallel between forward passes (bench/bench_encode.py).
+    Images are written straight into one of two batch buffers used in turn (no tensor per image, no
+    stacking copy; :func:`helpers.data.transforms.apply_into`), so a batch stays valid until the one
+    after the next is asked for -- the encode loop is done with it by then.
     """
+    base, rows = dataset, range(len(dataset))
+    if isinstance(dataset, torch.utils.data.Subset):
+        base, rows = dataset.dataset, dataset.indices
+    buffers: list[torch.Tensor] = []
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode") as pool:
-        for start in range(0, len(dataset), batch_size):
-            items = range(start, min(len(dataset), start + batch_size))
-            yield default_collate(list(pool.map(dataset.__getitem__, items)))
+        for b, start in enumerate(range(0, len(rows), batch_size)):
+            batch_rows = [int(r) for r in rows[start:start + batch_size]]
+            if not buffers:  # the transform fixes the shape: take it from the first image
+                shape = base[batch_rows[0]][0].shape
+                buffers = [torch.empty((batch_size, *shape), dtype=torch.float32) for _ in range(2)]
+            images = buffers[b % 2][:len(batch_rows)]
+            labels = list(pool.map(base.decode_into, batch_rows, images))
+            yield images, torch.tensor(labels), torch.tensor(batch_rows)
 
 
 def image_features(loaded, samples: Samples, interpolation: str | None = None, **kwargs) -> Features:
