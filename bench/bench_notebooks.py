@@ -1,7 +1,7 @@
-"""Wall time of whole notebooks at an earlier commit and in this tree, measured in one run.
+"""Wall time of whole notebooks at an earlier commit and at a later one, measured in one run.
 
-For each notebook (``--only``), first at ``--base`` (a git worktree of that commit) and then in this
-tree: ``python -m helpers.suite --profile P --only N --skip-preflight --no-report -p ...`` with a fresh,
+For each notebook (``--only``), first at ``--base`` and then at ``--this`` (default HEAD), each in a git
+worktree of its commit (so editing this tree meanwhile changes nothing): ``python -m helpers.suite --profile P --only N --skip-preflight --no-report -p ...`` with a fresh,
 empty ``CLIPLAB_CACHE`` and ``CLIPLAB_OUT`` of its own (features, checkpoints and inductor's cache all
 cold, as on a user's first run), the same data folder, the same Python and packages, and ``PYTHONPATH``
 naming the tree under test so the kernels import its ``helpers`` (checked before the run). The
@@ -10,7 +10,7 @@ notebook's wall time is the suite call's; the training seconds are read from the
     python bench/bench_notebooks.py --base a2a3fc6 --only 05,06 --profile offline \\
         -p baselines.train.epochs=2 -p clip_finetune.train.epochs=2 [--no-record]
 
-The last line prints ``ratios: 05=base/this ...`` (> 1: this tree is faster). The numbers are appended
+The last line prints ``ratios: 05=base/this ...`` (> 1: the later commit is faster). The numbers are appended
 as a record of experiment ``bench_notebooks`` to ``<CLIPLAB_OUT>/supplementary/bench/results/``.
 """
 
@@ -72,6 +72,7 @@ def run_notebook(tree: Path, nb: str, args, scratch: Path) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the earlier commit (any git revision)")
+    ap.add_argument("--this", default="HEAD", help="the later commit (default HEAD)")
     ap.add_argument("--only", default="05,06", help="notebooks, comma-separated (default 05,06)")
     ap.add_argument("--profile", default="offline")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
@@ -79,34 +80,35 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-record", action="store_true", help="print only; do not append a record")
     args = ap.parse_args(argv)
 
-    base_rev, head_rev = git("rev-parse", args.base), git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    base_rev, head_rev = git("rev-parse", args.base), git("rev-parse", args.this)
     scratch = Path(tempfile.mkdtemp(prefix="bench-notebooks-"))
-    base_tree = scratch / "base"
-    git("worktree", "add", "--detach", str(base_tree), base_rev)
+    trees = {"base": scratch / "base", "this": scratch / "this"}
+    for name, rev in (("base", base_rev), ("this", head_rev)):
+        git("worktree", "add", "--detach", str(trees[name]), rev)
     times: dict[str, dict] = {}
     load_at_start = os.getloadavg()[0]
     try:
         for nb in args.only.split(","):
             times[nb] = {}
-            for name, tree in (("base", base_tree), ("this", ROOT)):
+            for name, tree in trees.items():
                 print(f"notebook {nb} at {name} ({tree}) ...", flush=True)
                 times[nb][name] = run_notebook(tree, nb, args, scratch / f"{nb}-{name}")
                 print(f"  {times[nb][name]['wall_s']:.1f} s, of which training {times[nb][name]['train_s']:.1f} s", flush=True)
                 shutil.rmtree(scratch / f"{nb}-{name}", ignore_errors=True)
     finally:
-        git("worktree", "remove", "--force", str(base_tree))
+        for tree in trees.values():
+            git("worktree", "remove", "--force", str(tree))
         shutil.rmtree(scratch, ignore_errors=True)
     ratios = {nb: round(t["base"]["wall_s"] / t["this"]["wall_s"], 3) for nb, t in times.items()}
     for nb, t in times.items():
         b, h = t["base"], t["this"]
-        print(f"{nb}: {b['wall_s']:8.1f} s at {base_rev[:8]} -> {h['wall_s']:8.1f} s here "
+        print(f"{nb}: {b['wall_s']:8.1f} s at {base_rev[:8]} -> {h['wall_s']:8.1f} s at {head_rev[:8]} "
               f"(wall time {h['wall_s'] / b['wall_s'] - 1:+.0%}); "
               f"training {b['train_s']:.1f} -> {h['train_s']:.1f} s")
     if not args.no_record:
         from helpers.results import records
 
-        protocol = {"base_commit": base_rev, "this_commit": head_rev, "this_tree_dirty": dirty,
+        protocol = {"base_commit": base_rev, "this_commit": head_rev,
                     "profile": args.profile, "overrides": args.param, "order": "base then this, per notebook",
                     "caches": "fresh and empty for every run (features, checkpoints, inductor)",
                     "cpu_count": os.cpu_count(), "load_average_1min_at_start": round(load_at_start, 2),
