@@ -112,6 +112,9 @@ def test_espcn_starts_as_bicubic_and_training_keeps_the_best_val_psnr():
     cfg = loop.TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0.5)
     up = super_resolution.train_learned(high["train"], high["val"], 4, cfg, batch_size=32, progress=False)
     assert up.name == "learned-x4" and up.info["best_epoch"] in (1, 2) and np.isfinite(up.info["best_val_psnr"])
+    assert up.training["ran"] and up.training["epochs_trained"] == 2  # what the suite's summary lists
+    again = super_resolution.train_learned(high["train"], high["val"], 4, cfg, batch_size=32, progress=False)
+    assert not again.training["ran"] and again.card() == up.card()  # the finished run reused, not a training
 
 
 def test_restored_images_are_written_once_and_rebuilt_when_damaged():

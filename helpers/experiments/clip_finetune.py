@@ -35,7 +35,6 @@ from helpers.experiments.common import (
     say_skipped,
     slug,
     train_config,
-    training_card,
 )
 from helpers.profiles import Profile
 from helpers.results import plots, records
@@ -328,7 +327,7 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
                     "stopped": tuned.result.stopped, "train_seconds": tuned.result.seconds,
                     "resumed_from_epoch": tuned.result.resumed_from, "checkpoint": run.checkpoint,
                     "history": tuned.result.history, "autocast": config.dtype_name(config.autocast_dtype()),
-                    "resume": resume, "training": training_card(f"06 {objective} fine-tuning of {s['model']}", tuned.result)}
+                    "resume": resume, "training": tuned.result.training_card(f"06 {objective} fine-tuning of {s['model']}")}
         record(f"{objective}|fine-tuned", {**tuned.test_metrics, "best_val_top1": tuned.result.best_metric},
                test, run.loaded, protocol, timer.seconds, saved, predictions=tuned.test_logits, head=head,
                objective=objective, stage="fine-tuned")
@@ -480,7 +479,7 @@ def retrieval(P: Profile, start_spec: str | None = None, progress: bool = True) 
                       "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                       "selection": "best epoch by mean recall on the val images"},
             facets={"task": "retrieval", "stage": stage}))
-    recs[-1]["protocol"]["training"] = training_card(f"06 caption fine-tuning of {spec}", result)
+    recs[-1]["protocol"]["training"] = result.training_card(f"06 caption fine-tuning of {spec}")
     if distributed.is_main():
         for rec in recs:
             records.append_record(rec)

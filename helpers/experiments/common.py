@@ -90,12 +90,3 @@ def say_skipped(experiment: str, what: str, found: dict[str, dict]) -> None:
     when = max(r["created"] for r in found.values())
     print(f"{experiment}: {what} already recorded for this protocol ({len(found)} records, {when}); skipped "
           f"(delete its lines from {experiment}.jsonl to measure it again)")
-
-
-def training_card(what: str, result: loop.TrainResult) -> dict:
-    """``protocol.training`` of a record whose result needed a training: ``ran`` says whether epochs were
-    trained by this call (False: a finished checkpoint was reused), which the suite's summary lists."""
-    resumed = result.resumed_from or 0
-    trained = max(0, len(result.history) - resumed)
-    return {"what": what, "ran": trained > 0, "epochs_trained": trained, "epochs_run": len(result.history),
-            "resumed_from_epoch": result.resumed_from, "seconds": result.seconds}

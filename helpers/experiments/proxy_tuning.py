@@ -32,7 +32,6 @@ from helpers.experiments.common import (
     say_skipped,
     slug,
     train_config,
-    training_card,
 )
 from helpers.results import plots, records
 
@@ -154,7 +153,7 @@ def train_expert(P, splits, progress: bool = True) -> tuple[str, dict]:
             "objective": objective, "start": model, "settings": {k: v for k, v in recipe.items() if k != "train"},
             "train": train_config(t, P.seed).card(), "batch_size": t["batch_size"], "checkpoint": run.checkpoint,
             "best_epoch": run.tuned.result.best_epoch, "test_top1": run.tuned.test_metrics["top1"],
-            "training": training_card(f"07 expert: {objective} fine-tuning of {model}", run.tuned.result)}
+            "training": run.tuned.result.training_card(f"07 expert: {objective} fine-tuning of {model}")}
     run.release()
     return run.spec, card
 

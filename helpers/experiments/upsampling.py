@@ -44,7 +44,6 @@ from helpers.experiments.common import (
     say_skipped,
     slug,
     train_config,
-    training_card,
 )
 from helpers.models import backbones, upsamplers
 from helpers.profiles import Profile
@@ -293,13 +292,16 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
         figs["crops"] = crops_figure(ups, high_test[q_idx], qf, seed=P.seed)
         saved = [save_stamped(figs["crops"], P, slug("03_upsampling", test.name, f"crops-x{qf}"), "", False)]
         for row in qt.to_dict("records"):
+            up = ups[row["upsampler"]]
+            protocol = {**base_protocol, "task": f"restore {qf}x-downscaled test images",
+                        "metrics": "PSNR (dB, peak 1.0) and SSIM (skimage, gaussian sigma 1.5)"}
+            if getattr(up, "training", None):  # the learned SR, trained here: the suite lists the training
+                protocol["training"] = up.training
             emit(records.make_record(
                 EXPERIMENT.id, {k: row[k] for k in ("psnr", "psnr_ci95", "ssim", "ssim_ci95", "n")},
-                dataset=q_samples.card(), model={"spec": row["upsampler"], "status": "n/a", **ups[row["upsampler"]].card()},
+                dataset=q_samples.card(), model={"spec": row["upsampler"], "status": "n/a", **up.card()},
                 profile=P.name, variant=f"quality|{row['upsampler']}|x{qf}", seeds=[P.seed], wall_time_s=timer.seconds,
-                figures=saved, protocol={**base_protocol, "task": f"restore {qf}x-downscaled test images",
-                                         "metrics": "PSNR (dB, peak 1.0) and SSIM (skimage, gaussian sigma 1.5)"},
-                facets={"task": "quality", "upsampler": row["upsampler"], "factor": qf}))
+                figures=saved, protocol=protocol, facets={"task": "quality", "upsampler": row["upsampler"], "factor": qf}))
 
     rows = []
     pixels = {k: (high_test if k == "test" else None) for k in ("train", "val", "test")}
@@ -366,7 +368,7 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
                           "epochs_run": len(ft.result.history), "best_epoch": ft.result.best_epoch,
                           "train_seconds": ft.result.seconds, "history": ft.result.history},
                 facets={"head": "classifier", "upsampler": name, "factor": factor, "size": size})
-            rec["protocol"]["training"] = training_card(f"03 {c['backbone']} classifier on {name}-restored images", ft.result)
+            rec["protocol"]["training"] = ft.result.training_card(f"03 {c['backbone']} classifier on {name}-restored images")
             emit(rec, resume)
             rows.append({"model": c["backbone"], "upsampler": name, "head": f"classifier ({status})",
                          "top1": ft.test_metrics["top1"], "untrained": False})

@@ -13,7 +13,6 @@ a float batch in [0, 1] at the exact target size out.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,7 +128,7 @@ def network_scale(settings: dict) -> int:
 def srgan_file(srgan_dir: str, scale: int) -> Path:
     """``<srgan_dir>/netG_x<scale>.pth``; the folder may use environment variables, and a relative
     folder is under the cache folder."""
-    folder = Path(os.path.expandvars(str(srgan_dir))).expanduser()
+    folder = config.expand(srgan_dir)
     return (folder if folder.is_absolute() else config.cache_dir() / folder) / f"netG_x{scale}.pth"
 
 
@@ -166,6 +165,7 @@ class NetworkUpsampler:
     scale: int
     info: dict = field(default_factory=dict)
     batch_size: int = 64
+    training: dict | None = None  # ``protocol.training`` of the run that trained it here (learned SR)
 
     def card(self) -> dict:
         return {"name": self.name, "kind": "network", "scale": self.scale,

@@ -78,6 +78,14 @@ class TrainResult:
     steps: int = 0
     extra: dict = field(default_factory=dict)
 
+    def training_card(self, what: str) -> dict:
+        """``protocol.training`` of a record whose result needed this training: ``ran`` says whether epochs
+        were trained by this call (False: a finished checkpoint was reused); the suite's summary lists them."""
+        resumed = self.resumed_from or 0
+        trained = max(0, len(self.history) - resumed)
+        return {"what": what, "ran": trained > 0, "epochs_trained": trained, "epochs_run": len(self.history),
+                "resumed_from_epoch": self.resumed_from, "seconds": self.seconds}
+
 
 class EpochSampler(torch.utils.data.Sampler):
     """A random permutation per epoch from (seed, epoch): resuming at epoch e replays the same order."""

@@ -58,4 +58,5 @@ def train_learned(train_high: torch.Tensor, val_high: torch.Tensor, factor: int,
     return NetworkUpsampler(f"learned-x{factor}", net.eval(), factor,
                             {"architecture": "ESPCN (residual over bicubic)", "trained_on": "the dataset's train split",
                              "loss": "L1", "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                             "best_val_psnr": result.best_metric, "train_seconds": result.seconds})
+                             "best_val_psnr": result.best_metric, "train_seconds": result.seconds},
+                            training=result.training_card(f"03 learned SR (ESPCN x{factor}) on the train split"))
