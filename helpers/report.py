@@ -509,8 +509,8 @@ def _public(value):
         return (_public(value[0]), value[1])
     if not isinstance(value, str):
         return value
-    roots = [(str(config.cache_dir()), "$CLIPLAB_CACHE"), (str(config.data_root()), "$CLIPLAB_DATA"),
-             (str(config.output_root()), "."), (str(Path.home()), "~")]
+    value = config.portable(value)  # cache and data folders as the records write them
+    roots = [(str(config.output_root()), "."), (str(Path.home()), "~")]
 
     def short(m):
         path = m.group(0)
