@@ -46,6 +46,10 @@ def test_smoke_suite_passes_and_writes_records(smoke_run):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = [p.name for p in suite.notebooks()]
     assert f"{len(names)}/{len(names)} ok" in proc.stdout
+    listed = proc.stdout.split("trainings in this run", 1)[1]  # every training of the run, by notebook
+    for line in ("03  03 learned SR (ESPCN x4)", "03  03 torchvision:resnet18 classifier", "05  05 torchvision:resnet18",
+                 "06  06 ML fine-tuning", "06  06 CS fine-tuning"):
+        assert line in listed, listed
     for name in names:
         executed = json.loads((base / "runs" / "smoke" / name).read_text())
         assert any(c.get("outputs") for c in executed["cells"]), f"{name} executed copy has no outputs"

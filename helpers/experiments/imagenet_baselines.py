@@ -34,11 +34,17 @@ EXPERIMENT = Experiment(
 
 def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
     """Each torchvision backbone: linear probes on frozen penultimate features (the probe code of 04),
-    and full fine-tuning with the shared training loop for those listed under ``finetune``."""
+    and full fine-tuning with the shared training loop for those listed under ``finetune``. Each record is
+    written the moment its result exists (a run that dies at the third backbone keeps the first two's)."""
     settings = P["baselines"]
     size, interp = int(settings["input_size"]), settings.get("interpolation", "bicubic")
     test = splits["test"]
     recs, figs, rows = [], {}, []
+
+    def emit(rec: dict) -> None:
+        recs.append(rec)
+        records.append_record(rec)
+
     for spec in settings["backbones"]:
         timer = records.Timer()
         bb = backbones.load_backbone(spec, seed=P.seed)
@@ -57,7 +63,7 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
             regime = "linear probe" if r["k"] == "all" else f"{r['k']}-shot probe"
             rows.append({"model": spec, "regime": regime, "seed": r["seed"], "top1": r["metrics"]["top1"],
                          "untrained": not bb.trained})
-            recs.append(records.make_record(
+            emit(records.make_record(
                 "05_imagenet_baselines", r["metrics"], dataset=test.card(), model=card, profile=P.name,
                 variant=f"{regime}|seed={r['seed']}", seeds=[r["seed"]], wall_time_s=timer.seconds,
                 protocol={**protocol, "regime": regime, "C": r["C"], "k": r["k"], "n_train": r["n_train"],
@@ -85,7 +91,7 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
             figs[f"{spec} curves"], figs[f"{spec} confusion"] = curve, cm
             rows.append({"model": spec, "regime": status, "seed": P.seed, "top1": ft.test_metrics["top1"],
                          "untrained": False})
-            recs.append(records.make_record(
+            emit(records.make_record(
                 "05_imagenet_baselines", {**ft.test_metrics, "best_val_top1": ft.result.best_metric},
                 dataset=test.card(), model=ft_card, profile=P.name, variant="fine-tuned", seeds=[P.seed],
                 wall_time_s=timer.seconds, figures=saved,
@@ -93,10 +99,9 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
                           "train_transform": train_card, "epochs_run": len(ft.result.history),
                           "best_epoch": ft.result.best_epoch, "stopped": ft.result.stopped,
                           "resumed_from_epoch": ft.result.resumed_from, "train_seconds": ft.result.seconds,
-                          "history": ft.result.history},
+                          "history": ft.result.history,
+                          "training": ft.result.training_card(f"05 {spec} {status}")},
                 facets={"head": "fine-tuned", "regime": status}, predictions=ft.test_logits, labels=test.labels))
-    for rec in recs:
-        records.append_record(rec)
     table = pd.DataFrame(rows)
     shown = table.groupby(["model", "regime"], sort=False).agg(
         top1=("top1", "mean"), seeds=("seed", "count"), untrained=("untrained", "first")).reset_index()
