@@ -103,7 +103,7 @@ def mark_untrained(fig, spec: str):
 def grouped_bars(table, x: str, bars: list[str], title: str = "", ylabel: str = "top-1 accuracy"):
     """One group of bars per row of ``table`` (e.g. val and test accuracy per prompt)."""
     n = len(table)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 2), 3.8 + 0.2 * len(bars)), layout="constrained")
     width = 0.8 / len(bars)
     for j, col in enumerate(bars):
         ax.bar(np.arange(n) + (j - (len(bars) - 1) / 2) * width, table[col], width=width, label=col)
@@ -111,10 +111,8 @@ def grouped_bars(table, x: str, bars: list[str], title: str = "", ylabel: str = 
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    # under the axes and their tick labels, never over the bars (figures are saved with a tight bounding box)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1 if len(bars) > 2 else 2,
-              frameon=False)
-    fig.tight_layout()
+    # outside the axes, below their tick labels however long those are: never over bars or labels
+    fig.legend(fontsize=8, loc="outside lower center", ncol=1 if len(bars) > 2 else 2, frameon=False)
     return fig
 
 
