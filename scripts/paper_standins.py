@@ -12,7 +12,8 @@ Written with the libraries themselves, so the real loading code reads them:
 - torchvision's ``DEFAULT`` weights files of ResNet-18/50 and EfficientNet-B0 under
   ``$CLIPLAB_CACHE/torch/hub/checkpoints``, where torchvision looks before downloading.
 
-Every file gets a ``<file>.json`` beside it saying it is a random stand-in. The printed command runs the
+Every file gets a ``<file>.json`` beside it saying it is a random stand-in (``untrained``: the loaders mark
+the model untrained, so the report masks its numbers). The printed command runs the
 paper profile with these specs, ``dataset.max_per_class`` and capped epochs; keep its output apart
 (``CLIPLAB_OUT``) from real results.
 """
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.core import config  # noqa: E402
 
-STANDIN = {"standin": "random weights in the released format and shape; not a result"}
+# the provenance beside every file: loaders read "untrained" and mask the numbers like any untrained model's
+STANDIN = {"untrained": True, "standin": "random weights in the released format and shape; not a result"}
 TORCHVISION = ("resnet18", "resnet50", "efficientnet_b0")
 
 

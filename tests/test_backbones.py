@@ -14,7 +14,7 @@ from PIL import Image
 from helpers import models
 from helpers.core import config
 from helpers.data import transforms
-from helpers.models import ModelSpecError, WeightsNotFoundError, backbones
+from helpers.models import ModelSpecError, WeightsNotFoundError, backbones, clip_models
 
 RESNET18_FILE = "resnet18-f37072fd.pth"
 
@@ -148,6 +148,9 @@ def test_weights_file_loads_through_torchvision(no_network):
     other = backbones.load_backbone(spec, seed=3, device=torch.device("cpu"))
     assert torch.equal(other.model.layer4[1].conv2.weight, saved["layer4.1.conv2.weight"])
     assert bb.classifier(10)[1].weight.shape == (10, 512)
+    # a stand-in (random weights in the released file, scripts/paper_standins.py) says so beside the file
+    clip_models.write_provenance(path, {"untrained": True})
+    assert backbones.load_backbone(spec, device=torch.device("cpu")).status == "untrained"
 
 
 def test_wrong_architecture_in_the_weights_file_is_a_spec_error(no_network):

@@ -262,6 +262,9 @@ def test_training_checkpoint_wrappers_and_sidecar(tmp_path, checkpoints):
                                             meta={"trained": True, "epochs": 2})
     loaded = models.load_model(f"file:{trained}")
     assert loaded.status == "trained" and loaded.meta["epochs"] == 2
+    standin = models.save_openai_state_dict(checkpoints["original"].model, tmp_path / "standin.pt",
+                                            meta={"untrained": True})  # as scripts/paper_standins.py writes
+    assert not models.load_model(f"file:{standin}").trained  # its accuracies are masked
 
 
 @pytest.mark.parametrize("fmt", ["sd", "ts"])

@@ -116,7 +116,8 @@ def load_backbone(spec: str, seed: int = 0, device: torch.device | None = None) 
         model.classifier[-1] = torch.nn.Identity()
     sha = storage.sha256_file(weights_file(spec)) if w is not None else storage.sha256_state_dict(model.state_dict())
     model = model.float().eval().to(device or config.device())
-    return Backbone(spec, model, dim, sha, "pretrained" if w is not None else "untrained")
+    status = _declared("pretrained", weights_file(spec)) if w is not None else "untrained"
+    return Backbone(spec, model, dim, sha, status)
 
 
 def _url(spec: str) -> str | None:
@@ -127,6 +128,13 @@ def _url(spec: str) -> str | None:
 registry.register(registry.ModelKind(
     "torchvision", f"torchvision:<arch>[@DEFAULT|@<weights>] (ImageNet backbones: {', '.join(ARCHS)})",
     lambda body: parse(f"torchvision:{body}"), missing=missing_weights, url=_url))
+
+
+def _declared(status: str, path) -> str:
+    """``status``, unless the weights file's provenance (``<file>.json``) declares otherwise (stand-ins)."""
+    from helpers.models.clip_models import declared_status, read_provenance
+
+    return declared_status(status, read_provenance(str(path)))
 
 
 # ------------------------------------------------------------------------------------------- timm
@@ -191,7 +199,7 @@ def load_timm(spec: str, seed: int = 0, device: torch.device | None = None) -> B
         raise ModelSpecError(f"{spec}: the weights do not fit timm {name}: {e}") from e
     data_cfg = timm.data.resolve_data_config({}, model=model)
     if weights and weights != "pretrained":
-        sha, status = storage.sha256_file(config.expand(weights)), "checkpoint"
+        sha, status = storage.sha256_file(config.expand(weights)), _declared("checkpoint", config.expand(weights))
     else:
         sha, status = storage.sha256_state_dict(model.state_dict()), "pretrained" if weights else "untrained"
     model = model.float().eval().to(device or config.device())

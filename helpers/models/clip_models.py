@@ -244,9 +244,16 @@ def _load_scratch_spec(spec: str, device=None) -> LoadedModel:
 def _loaded(spec, model, sha, status, source, device) -> LoadedModel:
     dev = torch.device(device) if device is not None else config.device()
     meta = read_provenance(source)
-    if meta.get("trained"):
-        status = "trained"
-    return LoadedModel(spec, model.float().eval().to(dev), sha, status, source, meta)
+    return LoadedModel(spec, model.float().eval().to(dev), sha, declared_status(status, meta), source, meta)
+
+
+def declared_status(status: str, provenance: dict) -> str:
+    """The status a weights file's provenance declares over the one its kind implies: ``trained`` (by
+    this suite), or ``untrained`` (random weights in a released format, e.g. scripts/paper_standins.py),
+    so their accuracies are masked like any untrained model's."""
+    if provenance.get("untrained"):
+        return "untrained"
+    return "trained" if provenance.get("trained") else status
 
 
 def _parse_openai(body: str):

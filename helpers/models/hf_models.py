@@ -84,7 +84,7 @@ def missing_weights(spec: str) -> str | None:
 def load(spec: str, device=None):
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    from helpers.models.clip_models import LoadedModel, read_provenance
+    from helpers.models.clip_models import LoadedModel, declared_status, read_provenance
 
     body = parse(spec.partition(":")[2])
     why = missing_weights(spec) if _is_local(body) else None
@@ -117,7 +117,7 @@ def load(spec: str, device=None):
     provenance = read_provenance(source) if _is_local(body) else {}
     meta = {"library": "transformers", "class": type(model).__name__, "source": source, **provenance}
     dev = torch.device(device) if device is not None else config.device()
-    status = "trained" if provenance.get("trained") else "checkpoint" if _is_local(body) else "pretrained"
+    status = declared_status("checkpoint" if _is_local(body) else "pretrained", provenance)
     return LoadedModel(spec, wrapped.to(dev), sha, status, source if _is_local(body) else None, meta,
                        tokenizer=tokenizer, preprocess=preprocess, embed=int(model.config.projection_dim),
                        context=context)

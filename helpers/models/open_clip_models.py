@@ -124,7 +124,7 @@ def load(spec: str, device=None):
     """The model, with its own preprocessing and tokenizer, as a :class:`LoadedModel`."""
     import open_clip
 
-    from helpers.models.clip_models import LoadedModel, read_provenance
+    from helpers.models.clip_models import LoadedModel, declared_status, read_provenance
 
     kind, name, weights = parse(spec.partition(":")[2])
     if kind in ("file", "dir") and missing_weights(spec):
@@ -148,8 +148,7 @@ def load(spec: str, device=None):
         sha, source = storage.sha256_state_dict(model.state_dict()), (name if kind == "dir" else None)
         status = {"random": "untrained", "dir": "checkpoint"}.get(kind, "pretrained")
     provenance = read_provenance(source)
-    if provenance.get("trained"):
-        status = "trained"
+    status = declared_status(status, provenance)
     cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = cfg.get("size", 224)
     preprocess = {"size": int(size if isinstance(size, int) else size[0]), "mean": tuple(cfg.get("mean", ())),
