@@ -62,6 +62,7 @@ def write_open_clip(folder: Path) -> Path:
     from helpers.models.clip_models import write_provenance
 
     path = folder / "open_clip-ViT-B-32.pt"
+    torch.manual_seed(0)
     storage.atomic_torch_save({"state_dict": open_clip.create_model("ViT-B-32").state_dict()}, path)
     write_provenance(path, {**STANDIN, "shape_of": "open_clip:ViT-B-32:laion2b_s34b_b79k"})
     return path
@@ -74,6 +75,7 @@ def write_timm(folder: Path) -> Path:
     from helpers.models.clip_models import write_provenance
 
     path = folder / "convnext_tiny.safetensors"
+    torch.manual_seed(0)
     save_file(timm.create_model("convnext_tiny").state_dict(), str(path))
     write_provenance(path, {**STANDIN, "shape_of": "timm:convnext_tiny@pretrained"})
     return path
@@ -90,6 +92,7 @@ def write_torchvision() -> list[Path]:
     for arch in TORCHVISION:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         path = folder / Path(weights.url).name
+        torch.manual_seed(0)
         storage.atomic_torch_save(torchvision.models.get_model(arch, weights=None).state_dict(), path)
         write_provenance(path, {**STANDIN, "shape_of": f"torchvision:{arch}@DEFAULT"})
         paths.append(path)

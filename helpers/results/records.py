@@ -62,7 +62,19 @@ def environment() -> dict:
     dev = config.device()
     return {"device": str(dev), "autocast": config.dtype_name(config.autocast_dtype(dev)),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), **cpu()}
+
+
+def cpu() -> dict:
+    """The CPU's model name and whether it has AMX (bf16 speed-ups measured on one do not carry over to
+    one without it), read from /proc/cpuinfo where there is one."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": platform.processor() or None}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"cpu": model, "amx": "amx_bf16" in flags}
 
 
 class Timer:
