@@ -276,7 +276,8 @@ def _decode_in_threads(dataset, batch_size: int, threads: int):
             batch_rows = [int(r) for r in rows[start:start + batch_size]]
             if not buffers:  # the transform fixes the shape: take it from the first image
                 shape = base[batch_rows[0]][0].shape
-                buffers = [torch.empty((batch_size, *shape), dtype=torch.float32) for _ in range(2)]
+                with torch.inference_mode(False):  # ordinary tensors: the decode threads are not in inference mode
+                    buffers = [torch.empty((batch_size, *shape), dtype=torch.float32) for _ in range(2)]
             images = buffers[b % 2][:len(batch_rows)]
             labels = list(pool.map(base.decode_into, batch_rows, images))
             yield images, torch.tensor(labels), torch.tensor(batch_rows)
