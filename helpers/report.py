@@ -620,7 +620,8 @@ def to_pdf(blocks, base: Path | None = None) -> bytes:
             pdf.ln(0.5)
         elif kind == "p":
             pdf.set_font("DejaVu", "", 8.5)
-            pdf.multi_cell(width, 4.2, str(value), new_x="LMARGIN", new_y="NEXT")
+            # ragged right: fpdf2 justifies by default, which spreads lines of long model names apart
+            pdf.multi_cell(width, 4.2, str(value), new_x="LMARGIN", new_y="NEXT", align="L")
             pdf.ln(0.8)
         elif kind == "mono":
             pdf.set_font("DejaVuMono", "", 6.3)
