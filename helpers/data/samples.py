@@ -117,10 +117,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def decode_into(self, i: int, out: torch.Tensor) -> int:
         """Item ``i``'s image written into ``out`` (a slot of a reused batch buffer); returns its label."""
-        img = load_rgb(self.paths[i])
         if self.transform is None:
             raise ValueError("decode_into needs a transform that makes a tensor")
-        apply_into(self.transform, img, out)
+        apply_into(self.transform, load_rgb(self.paths[i]), out)
         return int(self.labels[i])
 
 

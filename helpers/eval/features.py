@@ -274,12 +274,17 @@ def _decode_in_threads(dataset, batch_size: int, threads: int):
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode") as pool:
         for b, start in enumerate(range(0, len(rows), batch_size)):
             batch_rows = [int(r) for r in rows[start:start + batch_size]]
-            if not buffers:  # the transform fixes the shape: take it from the first image
-                shape = base[batch_rows[0]][0].shape
+            first = None
+            if not buffers:  # the transform fixes the shape: the first image, decoded once, gives it
+                first, label, _ = base[batch_rows[0]]
                 with torch.inference_mode(False):  # ordinary tensors: the decode threads are not in inference mode
-                    buffers = [torch.empty((batch_size, *shape), dtype=torch.float32) for _ in range(2)]
+                    buffers = [torch.empty((batch_size, *first.shape), dtype=torch.float32) for _ in range(2)]
             images = buffers[b % 2][:len(batch_rows)]
-            labels = list(pool.map(base.decode_into, batch_rows, images))
+            if first is None:
+                labels = list(pool.map(base.decode_into, batch_rows, images))
+            else:
+                images[0].copy_(first)
+                labels = [label, *pool.map(base.decode_into, batch_rows[1:], images[1:])]
             yield images, torch.tensor(labels), torch.tensor(batch_rows)
 
 

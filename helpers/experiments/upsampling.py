@@ -295,7 +295,7 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
             up = ups[row["upsampler"]]
             protocol = {**base_protocol, "task": f"restore {qf}x-downscaled test images",
                         "metrics": "PSNR (dB, peak 1.0) and SSIM (skimage, gaussian sigma 1.5)"}
-            if getattr(up, "training", None):  # the learned SR, trained here: the suite lists the training
+            if up.training:  # the learned SR, trained here: the suite lists the training
                 protocol["training"] = up.training
             emit(records.make_record(
                 EXPERIMENT.id, {k: row[k] for k in ("psnr", "psnr_ci95", "ssim", "ssim_ci95", "n")},

@@ -50,6 +50,7 @@ def downscale(batch: torch.Tensor, factor: int) -> torch.Tensor:
 class Interpolation:
     backend: str  # pil | torch
     mode: str
+    training = None  # nothing is trained (NetworkUpsampler.training: the learned SR's)
 
     def __post_init__(self):
         if self.backend == "pil" and self.mode not in PIL_MODES or self.backend == "torch" and self.mode not in TORCH_MODES:

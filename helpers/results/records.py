@@ -62,9 +62,10 @@ def environment() -> dict:
     dev = config.device()
     return {"device": str(dev), "autocast": config.dtype_name(config.autocast_dtype(dev)),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "platform": platform.platform(), **cpu()}
+            "platform": platform.platform(), **cpu()}  # cpu(): read once per process
 
 
+@functools.lru_cache(maxsize=1)
 def cpu() -> dict:
     """The CPU's model name and whether it has AMX (bf16 speed-ups measured on one do not carry over to
     one without it), read from /proc/cpuinfo where there is one."""
