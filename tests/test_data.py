@@ -253,6 +253,29 @@ def test_kaggle_csv_listing_a_missing_file_is_an_error(tmp_path, eurosat_jpegs):
         data.load_eurosat(tmp_path)
 
 
+def test_split_csv_label_column_is_the_class_not_the_files_folder(tmp_path):
+    """Kaggle CSVs often keep every image in one images/ folder and the class name in ``label``."""
+    for split in ("train", "test"):
+        rows = ["filename,label"]
+        for cls in ("Annual crop", "Forest"):
+            _png(tmp_path / "images" / f"{split}-{cls}.png")
+            rows.append(f"images/{split}-{cls}.png,{cls}")
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    splits = data.load_image_folder(tmp_path, val_fraction=0)
+    assert splits["test"].classes == ["Annual crop", "Forest"]
+    assert splits["test"].split_protocol["classes_from"] == "the label column's values"
+    # integer ids with one folder per id: the folders name them, and the record says so
+    for split in ("train", "test"):
+        rows = ["filename,label"]
+        for i, cls in enumerate(("Forest", "River")):
+            _png(tmp_path / "byid" / cls / f"{split}.png")
+            rows.append(f"{cls}/{split}.png,{i}")
+        (tmp_path / "byid" / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    splits = data.load_image_folder(tmp_path / "byid", val_fraction=0)
+    assert splits["test"].classes == ["Forest", "River"]
+    assert "named by the folder" in splits["test"].split_protocol["classes_from"]
+
+
 def test_split_csv_without_class_column_is_an_error(tmp_path):
     _png(tmp_path / "a" / "x.png")
     for name in ("train.csv", "test.csv"):

@@ -224,8 +224,10 @@ def pick_column(columns: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((lower[c] for c in candidates if c in lower), None)
 
 
-def _read_split_csv(csv_path: Path) -> tuple[list[Path], list[str]]:
-    """Kaggle-style split file: a path column (Filename/path/image) and a class-name column."""
+def _read_split_csv(csv_path: Path) -> tuple[list[Path], list[str], bool]:
+    """Kaggle-style split file: a path column (Filename/path/image) and a class column, by name
+    (ClassName/class) or else by label (Label/target). Returns (paths, classes, classes came from a
+    label column) -- a label column's value is the class; :func:`_name_label_ids` may name integer ids."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -240,7 +242,7 @@ def _read_split_csv(csv_path: Path) -> tuple[list[Path], list[str]]:
     paths, names = [], []
     for r in rows:
         rel = r[path_col].strip()
-        cls = r[name_col].strip() if name_col is not None else (Path(rel).parent.name or str(r[label_col]).strip())
+        cls = (r[name_col] if name_col is not None else r[label_col]).strip()
         p = base / rel
         if p.is_symlink() and not p.exists():
             raise DatasetError(f"{csv_path} lists {rel}, a broken symlink (to {p.readlink()})")
@@ -253,7 +255,23 @@ def _read_split_csv(csv_path: Path) -> tuple[list[Path], list[str]]:
                 raise DatasetError(f"{csv_path} lists {rel}, which is not under {base}")
         paths.append(p)
         names.append(cls)
-    return paths, names
+    return paths, names, name_col is None
+
+
+def _name_label_ids(per_split: dict) -> tuple[dict, str]:
+    """Integer label ids named by the folder holding each file, when ids and folders match one to one
+    over every split (``images/`` holding every class names nothing: the ids stay). Returns (per_split
+    with classes renamed, how the classes were read) -- the decision is recorded in the split protocol."""
+    pairs = {(c, p.parent.name) for paths, names, by_label in per_split.values() if by_label
+             for p, c in zip(paths, names, strict=True)}
+    if not pairs:
+        return per_split, "the class-name column"
+    ids, folders = {c for c, _ in pairs}, {f for _, f in pairs}
+    if all(c.lstrip("-").isdigit() for c in ids) and len(pairs) == len(ids) == len(folders) > 1:
+        folder_of = dict(pairs)
+        return ({s: (paths, [folder_of[c] for c in names], by_label) for s, (paths, names, by_label) in per_split.items()},
+                "the label column's ids, named by the folder of their files (one folder per id)")
+    return per_split, "the label column's values"
 
 
 def load_image_folder(root: Path | str, name: str | None = None, classnames=None, val_fraction: float = 0.1,
@@ -277,7 +295,7 @@ def load_image_folder(root: Path | str, name: str | None = None, classnames=None
             if isinstance(default_names, dict) else list(default_names)
         names = resolve_classnames(classes, classnames, base)
         how = {"classnames_from": "the card" if classnames is not None else
-               "the dataset's own names" if default_names is not None else f"folder names ({'; '.join(rules) or 'as they are'})"}
+               "the dataset's own names" if default_names is not None else f"{'the classes' if layout == 'csv-splits' else 'folder names'} ({'; '.join(rules) or 'as they are'})"}
         return Samples(name, root, layout, split, list(paths), labels, list(classes), names,
                        {**protocol, **how, **({"layout_start": str(start.relative_to(root))} if start != root else {}),
                         **skipped})
@@ -295,11 +313,12 @@ def load_image_folder(root: Path | str, name: str | None = None, classnames=None
             paths, labels, _, skipped = scanned.get(folder) or scan_class_folders(folder, classes, recursive)
             out[split] = make(paths, labels, classes, split, {"source": f"split folder {folder.name}/"})
     elif layout == "csv-splits":
-        per_split = {s: _read_split_csv(p) for s, p in found.items()}
-        classes = sorted({c for _, names in per_split.values() for c in names})
+        per_split, classes_from = _name_label_ids({s: _read_split_csv(p) for s, p in found.items()})
+        classes = sorted({c for _, names, _ in per_split.values() for c in names})
         index = {c: i for i, c in enumerate(classes)}
-        out = {s: make(paths, np.asarray([index[c] for c in names]), classes, s, {"source": f"split file {found[s].name}"})
-               for s, (paths, names) in per_split.items()}
+        out = {s: make(paths, np.asarray([index[c] for c in names]), classes, s,
+                       {"source": f"split file {found[s].name}", "classes_from": classes_from})
+               for s, (paths, names, _) in per_split.items()}
     else:
         paths, labels, classes, skipped = scan_class_folders(start, recursive=recursive)
         full = make(paths, labels, classes, "all", {"source": "one folder per class; no split in the layout"})
