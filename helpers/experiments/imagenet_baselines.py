@@ -76,7 +76,7 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
             batch = int(settings["train"].get("batch_size", 64))
             train_tf, train_card = transforms.image_transform(size, interp, bb.mean, bb.std, train=True,
                                                               aerial=bool(settings.get("aerial", True)))
-            net = backbones.load_backbone(spec, seed=P.seed).classifier(test.num_classes)
+            net = backbones.load_backbone(spec, seed=P.seed).classifier(test.num_classes, seed=P.seed)
             run_card = {"spec": spec, "weights": bb.weights_sha256, "data": splits["train"].fingerprint(),
                         "transform": train_card}
             ft = supervised.train_classifier(net, splits, train_tf, tf, cfg, batch, run_card,

@@ -350,7 +350,7 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
             r = {k: restored(splits[k], up, factor, size, pixels[k]) for k in ("train", "val", "test")}
             bb = backbones.load_backbone(c["backbone"], seed=P.seed)
             card = bb.card()  # the starting weights, before training changes them
-            net = bb.classifier(test.num_classes)
+            net = bb.classifier(test.num_classes, seed=P.seed)
             cfg = train_config(c["train"], P.seed)
             batch = int(c["train"].get("batch_size", 128))
             train_tf, train_card = transforms.image_transform(size, "bicubic", bb.mean, bb.std, train=True,

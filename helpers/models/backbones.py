@@ -87,9 +87,13 @@ class Backbone:
                 "feature_dim": self.feature_dim, "n_params": sum(p.numel() for p in self.model.parameters()),
                 "mean": list(self.mean), "std": list(self.std)}
 
-    def classifier(self, num_classes: int) -> torch.nn.Sequential:
-        """Backbone + a new linear head, for fine-tuning (shares the backbone's parameters)."""
-        return torch.nn.Sequential(self.model, torch.nn.Linear(self.feature_dim, num_classes))
+    def classifier(self, num_classes: int, seed: int = 0) -> torch.nn.Sequential:
+        """Backbone + a new linear head, for fine-tuning (shares the backbone's parameters). The head's
+        initial weights come from ``seed`` alone, not from whatever drew from torch's generator before."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = torch.nn.Linear(self.feature_dim, num_classes)
+        return torch.nn.Sequential(self.model, head)
 
 
 def load_backbone(spec: str, seed: int = 0, device: torch.device | None = None) -> Backbone:
