@@ -98,11 +98,12 @@ def repeat(batch):
 
 def data_wait(variant: Variant, train, size: int, norm: tuple, batch_size: int, dtype, steps: int) -> float:
     """Share of optimised steps on EuroSAT train images (``train``: its Samples) spent waiting for the
-    loop's own loader (workers, augmentation of notebook 06)."""
+    batches notebook 06 trains on (decoded once, augmented per batch: :func:`supervised.train_batches`)."""
     from helpers.data import transforms
+    from helpers.train import supervised
 
     tf, _ = transforms.image_transform(size, "bicubic", *norm, train=True)
-    loader = loop.train_loader(train.dataset(tf), batch_size, seed=0)
+    loader = supervised.train_batches(train, tf, batch_size, seed=0, progress=False)
     batches = loop.Batches(loader)
     variant.steps(batches, dtype, min(steps, len(loader)))
     return batches.wait_share()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from helpers import models
 from helpers.core import config
-from helpers.data import transforms
+from helpers.data import augment, transforms
 from helpers.models import ModelSpecError, WeightsNotFoundError, backbones, clip_models
 
 RESNET18_FILE = "resnet18-f37072fd.pth"
@@ -148,6 +148,9 @@ def test_weights_file_loads_through_torchvision(no_network):
     other = backbones.load_backbone(spec, seed=3, device=torch.device("cpu"))
     assert torch.equal(other.model.layer4[1].conv2.weight, saved["layer4.1.conv2.weight"])
     assert bb.classifier(10)[1].weight.shape == (10, 512)
+    torch.rand(7)  # the head's initial weights follow its seed, not torch's global generator
+    assert torch.equal(bb.classifier(10)[1].weight, bb.classifier(10, seed=0)[1].weight)
+    assert not torch.equal(bb.classifier(10)[1].weight, bb.classifier(10, seed=1)[1].weight)
     # a stand-in (random weights in the released file, scripts/paper_standins.py) says so beside the file
     clip_models.write_provenance(path, {"untrained": True})
     assert backbones.load_backbone(spec, device=torch.device("cpu")).status == "untrained"
@@ -181,12 +184,12 @@ def _image(size: int = 64) -> Image.Image:
 
 @pytest.mark.parametrize("aerial", [True, False])
 def test_train_transform_output_shape_and_card(aerial):
-    tf, card = transforms.image_transform(32, train=True, aerial=aerial)
+    tf, card = transforms.image_transform(32, train=True, aerial=aerial, color_jitter=0.2)
+    assert isinstance(tf, augment.TrainTransform) and tf.augment.aerial == aerial
     torch.manual_seed(0)
     out = tf(_image(64))
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-    assert "augment" in card and ("90" in card["augment"]) == aerial
-    assert any(isinstance(t, transforms.RandomRot90) for t in tf.transforms) == aerial
+    assert "augment" in card and ("90" in card["augment"]) == aerial and "jitter 0.2" in card["augment"]
     eval_tf, eval_card = transforms.image_transform(32)
     assert eval_tf(_image(48)).shape == (3, 32, 32) and "augment" not in eval_card
     # augmentation is random: two draws differ, the same seed repeats
@@ -195,23 +198,79 @@ def test_train_transform_output_shape_and_card(aerial):
     torch.manual_seed(1)
     assert torch.equal(tf(_image(64)), a)
     assert not torch.equal(tf(_image(64)), a)
+    with pytest.raises(ValueError, match="lanczos"):
+        transforms.image_transform(32, interpolation="lanczos", train=True)
 
 
-def test_random_rot90_rotates_by_exact_multiples_of_90():
-    x = torch.arange(3 * 4 * 6, dtype=torch.float32).reshape(3, 4, 6)  # non-square: shapes tell k's parity
-    seeds = {}
-    for seed in range(100):
-        torch.manual_seed(seed)
-        seeds.setdefault(int(torch.randint(4, ())), seed)
-        if len(seeds) == 4:
-            break
-    assert sorted(seeds) == [0, 1, 2, 3]
-    for k, seed in seeds.items():
-        torch.manual_seed(seed)
-        out = transforms.RandomRot90()(x)
-        assert torch.equal(out, torch.rot90(x, k, dims=(-2, -1))), k
-        assert out.shape == ((3, 4, 6) if k % 2 == 0 else (3, 6, 4))
-        assert torch.equal(out.flatten().sort().values, x.flatten())  # a permutation: no interpolation
+def test_batch_augment_rotations_are_exact_multiples_of_90():
+    """With the crop fixed to the whole image and no flips, each output is the input rotated by some
+    k * 90 degrees, exactly (nearest sampling on pixel centres), every k occurs, and draws follow the
+    generator."""
+    aug = augment.BatchAugment((0, 0, 0), (1 / 255,) * 3, "nearest", aerial=True, scale=(1, 1), ratio=(1, 1),
+                               flips=False)
+    x = torch.arange(16 * 3 * 5 * 5).reshape(16, 3, 5, 5).remainder(251).to(torch.uint8)
+    out = aug(x, torch.Generator().manual_seed(0))
+    turns = []
+    for xi, oi in zip(x.float(), out, strict=True):
+        k = [k for k in range(4) if torch.equal(oi, torch.rot90(xi, k, dims=(-2, -1)))]
+        assert len(k) == 1, "not an exact rotation"
+        turns += k
+    assert sorted(set(turns)) == [0, 1, 2, 3]
+    assert torch.equal(aug(x, torch.Generator().manual_seed(0)), out)
+    assert not torch.equal(aug(x, torch.Generator().manual_seed(1)), out)
+    with pytest.raises(ValueError, match="uint8"):
+        aug(x.float())
+
+
+def test_batch_augment_flips_only_horizontally_for_non_aerial_images():
+    aug = augment.BatchAugment((0, 0, 0), (1 / 255,) * 3, "nearest", aerial=False, scale=(1, 1), ratio=(1, 1))
+    x = torch.arange(16 * 3 * 5 * 5).reshape(16, 3, 5, 5).remainder(251).to(torch.uint8)
+    out, xf = aug(x, torch.Generator().manual_seed(0)), x.float()
+    kept = [torch.equal(o, xi) for o, xi in zip(out, xf, strict=True)]
+    mirrored = [torch.equal(o, xi.flip(-1)) for o, xi in zip(out, xf, strict=True)]
+    assert all(k != m for k, m in zip(kept, mirrored, strict=True)) and any(kept) and any(mirrored)
+    assert "h flips" in aug.description() and "90" not in aug.description()
+
+
+def test_batch_augment_identity_reproduces_the_normalised_image():
+    """Whole-image crop, no flips or rotations: a bicubic resample at the pixel centres returns the
+    pixels, so the output is (x / 255 - mean) / std, as the evaluation transform gives."""
+    mean, std = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
+    aug = augment.BatchAugment(mean, std, "bicubic", aerial=False, scale=(1, 1), ratio=(1, 1), flips=False)
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    expected = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(aug(x), expected, atol=1e-4, rtol=0)
+
+
+def test_augmented_batches_repeat_per_epoch_and_differ_between_epochs():
+    """The draws are seeded by (seed, epoch): an epoch re-run (a resumed run) sees the same batches."""
+    from helpers.train import loop
+
+    data = torch.utils.data.TensorDataset(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8),
+                                          torch.arange(12), torch.arange(12))
+    aug = augment.BatchAugment((0.5,) * 3, (0.25,) * 3, "bilinear")
+    batches = augment.AugmentedBatches(loop.train_loader(data, 4, seed=3, workers=0), aug, seed=3)
+
+    def epoch(e):
+        batches.sampler.set_epoch(e)
+        return [(x, y) for x, y, _ in batches]
+
+    first, again, second = epoch(0), epoch(0), epoch(1)
+    assert len(first) == len(batches) == 3
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, second, strict=True))
+
+
+def test_materialise_keeps_items_in_memory_only_when_they_fit(monkeypatch):
+    from helpers.data import in_memory
+
+    data = torch.utils.data.TensorDataset(torch.rand(10, 3, 4, 4), torch.arange(10) % 3, torch.arange(10) + 100)
+    kept = in_memory.materialise(data, batch_size=3, progress=False)
+    assert isinstance(kept, torch.utils.data.TensorDataset) and kept is not data
+    for a, b in zip(kept.tensors, data.tensors, strict=True):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(in_memory, "available_bytes", lambda: 4 * data.tensors[0].nbytes - 1)
+    assert in_memory.materialise(data, progress=False) is data  # over a quarter of what is available
 
 
 def test_unknown_interpolation_is_rejected():

@@ -68,3 +68,20 @@ def test_train_classifier_then_resume_does_no_extra_epochs(synthetic_root, monke
     assert again.result.best_epoch == res.best_epoch
     np.testing.assert_array_equal(again.test_logits, ft.test_logits)  # the same (best) weights are tested
     assert again.test_metrics["top1"] == ft.test_metrics["top1"]
+
+
+def test_training_from_memory_equals_training_from_the_loader(synthetic_root, monkeypatch, tmp_path):
+    """Decoded images kept in memory or decoded again each epoch: the same batches, the same run."""
+    from helpers.data import in_memory
+
+    splits = synthetic.load_synthetic(root=synthetic_root)
+    cfg = loop.TrainConfig(epochs=1, lr=1e-3, warmup_epochs=0.5, seed=0)
+    kept = _train(splits, cfg)
+    monkeypatch.setattr(in_memory, "MEMORY_SHARE", 0.0)  # nothing fits: the loader decodes every epoch
+    monkeypatch.setenv("CLIPLAB_CACHE", str(tmp_path / "other-cache"))  # a fresh run, not a resume
+    streamed = _train(splits, cfg)
+    assert streamed.checkpoint_dir != kept.checkpoint_dir and streamed.result.resumed_from is None
+    drop = set(loop.TIMING_KEYS)
+    assert [{k: v for k, v in h.items() if k not in drop} for h in streamed.result.history] == \
+        [{k: v for k, v in h.items() if k not in drop} for h in kept.result.history]
+    np.testing.assert_array_equal(streamed.test_logits, kept.test_logits)

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
+from helpers.data import augment
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,37 +90,21 @@ def clip_transform(resolution: int, interpolation: str = "bicubic", mean=CLIP_ME
     return transform, card
 
 
-class RandomRot90(torch.nn.Module):
-    """Rotate a CHW tensor by a random multiple of 90 degrees: exact, and label-preserving for aerial images."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.rot90(x, int(torch.randint(4, ())), dims=(-2, -1))
-
-
-def train_augment(size: int, interpolation: str = "bicubic", aerial: bool = True) -> tuple[list, str]:
-    """PIL-stage and tensor-stage augmentation for training: mild random-resized crop, flips, and for
-    aerial images exact 90-degree rotations. Returns (steps before ToTensor, description)."""
-    mode = INTERPOLATIONS[interpolation]
-    steps = [T.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), interpolation=mode),
-             T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
-    return steps, "random-resized-crop(0.7-1) + h/v flips" + (" + 90° rotations" if aerial else "")
-
-
 def image_transform(size: int, interpolation: str = "bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     train: bool = False, aerial: bool = True, color_jitter: float = 0.0):
-    """(transform, card): resize to ``size`` x ``size`` and normalise (ImageNet statistics by default);
-    with ``train``, the augmentation of :func:`train_augment` (+ colour jitter of that strength)."""
+    """(transform, card): resize to ``size`` x ``size`` and normalise (ImageNet statistics by default).
+    With ``train``, a :class:`helpers.data.augment.TrainTransform`: the same resize, to uint8, then a
+    random-resized crop (0.7-1 of the area), flips, for aerial images 90-degree rotations, and colour
+    jitter of strength ``color_jitter``, applied on tensors (per batch in classifier training)."""
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation {interpolation!r}: use one of {sorted(INTERPOLATIONS)}")
     card = {"resize": size, "interpolation": f"PIL {interpolation}", "mean": list(mean), "std": list(std)}
     if train:
-        steps, card["augment"] = train_augment(size, interpolation, aerial)
-        if color_jitter:
-            steps.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
-            card["augment"] += f" + colour jitter {color_jitter:g}"
-    else:
-        steps = [T.Resize((size, size), interpolation=INTERPOLATIONS[interpolation])]
-    steps.append(ToNormalizedTensor(mean, std))
-    if train and aerial:
-        steps.append(RandomRot90())
-    return T.Compose(steps), card
+        if interpolation not in augment.RESAMPLE_MODES:
+            raise ValueError(f"interpolation {interpolation!r} cannot resample training crops on tensors: use one of "
+                             f"{augment.RESAMPLE_MODES}")
+        aug = augment.BatchAugment(mean, std, interpolation, aerial=aerial, color_jitter=color_jitter)
+        card["augment"] = aug.description()
+        return augment.TrainTransform(augment.Decode(size, INTERPOLATIONS[interpolation]), aug), card
+    return T.Compose([T.Resize((size, size), interpolation=INTERPOLATIONS[interpolation]),
+                      ToNormalizedTensor(mean, std)]), card

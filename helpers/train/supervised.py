@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from helpers.core import config, storage
-from helpers.data import Samples
+from helpers.data import Samples, augment, in_memory
 from helpers.eval import metrics
 from helpers.train import loop
 
@@ -55,6 +55,19 @@ def classification_loss(label_smoothing: float = 0.0):
     return loss_fn
 
 
+def train_batches(train: Samples, transform, batch_size: int, seed: int, progress: bool):
+    """The shuffled training batches: with a :class:`augment.TrainTransform`, images decoded once (kept in
+    memory when they fit, else decoded by the loader's workers each epoch) and augmented per batch on
+    the training device; any other transform runs per image in the loader."""
+    if not isinstance(transform, augment.TrainTransform):
+        return loop.train_loader(train.dataset(transform), batch_size, seed)
+    decoded = in_memory.materialise(train.dataset(transform.decode), config.num_workers(), what="train images",
+                                    progress=progress)
+    kept = isinstance(decoded, torch.utils.data.TensorDataset)
+    loader = loop.train_loader(decoded, batch_size, seed, workers=0 if kept else None)
+    return augment.AugmentedBatches(loader, transform.augment, seed, config.device())
+
+
 def train_classifier(net: torch.nn.Module, splits: dict[str, Samples], train_transform, eval_transform,
                      cfg: loop.TrainConfig, batch_size: int, run_card: dict, label_smoothing: float = 0.0,
                      progress: bool = True, loss_fn=None, classify=None) -> Finetuned:
@@ -66,12 +79,14 @@ def train_classifier(net: torch.nn.Module, splits: dict[str, Samples], train_tra
     """
     ckpt_dir = config.cache_dir() / "checkpoints" / storage.sha256_json({"run": run_card, "cfg": cfg.card(),
                                                                         "batch": batch_size})[:20]
-    train_ds = splits["train"].dataset(train_transform)
-    val_ds, test_ds = splits["val"].dataset(eval_transform), splits["test"].dataset(eval_transform)
-    loader = loop.train_loader(train_ds, batch_size, cfg.seed)
+    loader = train_batches(splits["train"], train_transform, batch_size, cfg.seed, progress)
+    val_ds = in_memory.materialise(splits["val"].dataset(eval_transform), config.num_workers(), what="val images",
+                                   progress=progress)
+    val_workers = 0 if isinstance(val_ds, torch.utils.data.TensorDataset) else None
+    test_ds = splits["test"].dataset(eval_transform)
 
     def evaluate(model):
-        logits, labels = predict(model, val_ds, batch_size=2 * batch_size, classify=classify)
+        logits, labels = predict(model, val_ds, batch_size=2 * batch_size, classify=classify, workers=val_workers)
         return {"top1": float((logits.argmax(1) == labels).mean()),
                 "loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))}
 
