@@ -266,6 +266,7 @@ def test_materialise_keeps_items_in_memory_only_when_they_fit(monkeypatch):
 
     data = torch.utils.data.TensorDataset(torch.rand(10, 3, 4, 4), torch.arange(10) % 3, torch.arange(10) + 100)
     kept = in_memory.materialise(data, batch_size=3, progress=False)
+    assert kept._tensors is None  # decoded on first use, not when a (maybe finished) run is set up
     assert isinstance(kept, torch.utils.data.TensorDataset) and kept is not data
     for a, b in zip(kept.tensors, data.tensors, strict=True):
         assert torch.equal(a, b)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as TF
 
 RESAMPLE_MODES = ("nearest", "bilinear", "bicubic")  # what grid_sample interpolates with
 _ROT90 = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
@@ -31,7 +32,7 @@ class Decode(torch.nn.Module):
 
     def __init__(self, size: int, interpolation: T.InterpolationMode):
         super().__init__()
-        self.size, self.resize = size, T.Resize((size, size), interpolation=interpolation)
+        self.resize = T.Resize((size, size), interpolation=interpolation)
 
     def forward(self, img: Image.Image) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(np.asarray(self.resize(img)).transpose(2, 0, 1)))
@@ -94,13 +95,8 @@ class BatchAugment(torch.nn.Module):
         j = self.color_jitter
         f = (1 - j + 2 * j * u).view(-1, 3, 1, 1, 1).unbind(1)  # brightness, contrast, saturation factors
         x = x.mul_(f[0]).clamp_(0, 255)
-        x = x.mul_(f[1]).add_((1 - f[1]) * _gray(x).mean((2, 3), keepdim=True)).clamp_(0, 255)
-        return x.mul_(f[2]).add_((1 - f[2]) * _gray(x)).clamp_(0, 255)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma of RGB [B, 3, H, W], as [B, 1, H, W] (what torchvision's colour jitter blends with)."""
-    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        x = x.mul_(f[1]).add_((1 - f[1]) * TF.rgb_to_grayscale(x).mean((2, 3), keepdim=True)).clamp_(0, 255)
+        return x.mul_(f[2]).add_((1 - f[2]) * TF.rgb_to_grayscale(x)).clamp_(0, 255)
 
 
 class TrainTransform(torch.nn.Module):

@@ -100,9 +100,6 @@ def image_transform(size: int, interpolation: str = "bicubic", mean=IMAGENET_MEA
         raise ValueError(f"interpolation {interpolation!r}: use one of {sorted(INTERPOLATIONS)}")
     card = {"resize": size, "interpolation": f"PIL {interpolation}", "mean": list(mean), "std": list(std)}
     if train:
-        if interpolation not in augment.RESAMPLE_MODES:
-            raise ValueError(f"interpolation {interpolation!r} cannot resample training crops on tensors: use one of "
-                             f"{augment.RESAMPLE_MODES}")
         aug = augment.BatchAugment(mean, std, interpolation, aerial=aerial, color_jitter=color_jitter)
         card["augment"] = aug.description()
         return augment.TrainTransform(augment.Decode(size, INTERPOLATIONS[interpolation]), aug), card
