@@ -34,9 +34,11 @@ def _pdf_pages(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, run_cache):
+    """The whole smoke suite, cold, on the test run's cache (``run_cache``): nbmake's notebook runs,
+    collected after ``tests/``, reuse what it trained and encoded."""
     base = tmp_path_factory.mktemp("suite")
-    env = {"CLIPLAB_OUT": str(base / "out"), "CLIPLAB_CACHE": str(base / "cache"), "CLIPLAB_WORKERS": "0"}
+    env = {"CLIPLAB_OUT": str(base / "out"), "CLIPLAB_CACHE": str(run_cache), "CLIPLAB_WORKERS": "0"}
     proc = _run_suite(["--profile", "smoke", "--out", str(base / "runs")], env, base)
     return proc, base
 
@@ -87,8 +89,9 @@ def test_smoke_report_pdf_holds_tables_and_figures(smoke_run):
     assert all(p["ink"][0] < 128 for p in pages), "a page rendered blank"
 
 
-def test_failing_notebook_is_reported_and_others_still_run(tmp_path):
-    env = {"CLIPLAB_OUT": str(tmp_path / "out"), "CLIPLAB_CACHE": str(tmp_path / "cache"), "CLIPLAB_WORKERS": "0"}
+def test_failing_notebook_is_reported_and_others_still_run(tmp_path, run_cache):
+    """On the run's cache: 02's features are those the smoke run encoded."""
+    env = {"CLIPLAB_OUT": str(tmp_path / "out"), "CLIPLAB_CACHE": str(run_cache), "CLIPLAB_WORKERS": "0"}
     missing = tmp_path / "no-such-folder"  # only 01 reads extra_datasets; the preflight would refuse it
     proc = _run_suite(["--profile", "smoke", "--only", "01,02", "--no-report", "--out", str(tmp_path / "runs"),
                        "--skip-preflight", "-p", f"extra_datasets=[{missing}]"], env, tmp_path)
