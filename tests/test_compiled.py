@@ -148,6 +148,27 @@ def test_a_compiled_copy_never_outlives_the_weights_it_was_compiled_from():
     assert not compiled._copies(twin).entries and "_cliplab_compiled" not in twin.state_dict()
 
 
+@pytest.mark.parametrize("mode", [False, True])
+def test_a_conv_net_encodes_channels_last_and_is_given_back_contiguous(mode):
+    """Inside ``with Encoder(...)`` a conv net fed images runs NHWC (eager or compiled, the short last
+    batch padded in the same layout) with the contiguous run's values; outside, nothing changes."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    x = torch.rand(10, 3, 16, 16)
+    with torch.inference_mode():
+        expected = net(x)
+        with compiled.Encoder(net, len(x), mode, name="two-conv") as run:
+            got = torch.cat([run(b) for b in x.split(4)])  # 4, 4, 2
+            assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+        assert net[0].weight.is_contiguous() and run.card()["channels_last"] is True
+        assert run.card()["compiled"] is mode
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        plain = compiled.Encoder(net, len(x), False)  # not as a context manager: the layout is left alone
+        plain(x)
+        assert plain.card()["channels_last"] is False and net[0].weight.is_contiguous()
+
+
 def test_encode_compile_setting_is_validated_and_shown():
     with pytest.raises(settings.ConfigError, match=r"encode\.compile.*'bogus'.*auto, true or false"):
         profiles.load("smoke", overrides={"encode.compile": "bogus"})

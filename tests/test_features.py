@@ -208,6 +208,8 @@ def test_batched_equals_one_at_a_time_in_fp32(spec, samples, monkeypatch):
     monkeypatch.setenv("CLIPLAB_AUTOCAST", "fp32")
     loaded = models.load_model(spec)
     batched = _encode(loaded, samples, batch_size=16)
+    assert batched.encoded_with["channels_last"] is spec.startswith("scratch:tiny-rn")  # the conv net ran NHWC
+    assert loaded.model.visual.conv1.weight.is_contiguous()  # and its weights came back as they were
     single = _one_at_a_time(loaded, samples)
     torch.testing.assert_close(batched.features, single, rtol=1e-4, atol=1e-5)
     # and the classes a zero-shot head would pick agree

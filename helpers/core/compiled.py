@@ -18,6 +18,8 @@ one: ``model.encode_image``, ``model.encode_text``, a backbone, an SR network) w
   one line naming the model (:class:`CompileFallbackWarning`); that module is not tried again.
 - Every batch is padded to the batch size the copy was compiled for (repeating its last row, a real
   input, so no padded row can produce NaN), so a partial last batch does not trigger a recompile.
+- Used as a context manager, an :class:`Encoder` of a conv net fed images runs it channels-last
+  (:mod:`helpers.core.layout`), compiled or eager, and leaves its weights contiguous again at the end.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Literal
 
 import torch
 
-from helpers.core import config, storage
+from helpers.core import config, layout, storage
 
 Mode = Literal["auto"] | bool
 
@@ -151,7 +153,7 @@ def _autocast_of(x: torch.Tensor) -> str:
 
 
 def _compile_key(method: str, x: torch.Tensor) -> tuple:
-    return (method, str(x.device), x.dtype, tuple(x.shape), _autocast_of(x), torch.is_grad_enabled())
+    return (method, str(x.device), x.dtype, tuple(x.shape), x.stride(), _autocast_of(x), torch.is_grad_enabled())
 
 
 def _freezing(device: torch.device):
@@ -219,10 +221,12 @@ def should_compile(eager_seconds_per_item: float, remaining_items: int, compile_
 class Encoder:
     """One encoding run of ``fn`` over ``n`` items in batches, compiled or eager per ``mode``.
 
-    Call it once per batch inside ``torch.inference_mode()`` and autocast. ``auto`` runs the first
-    batch eager and times it (one device sync on CUDA, only then), then decides with
-    :func:`should_compile` for the items left; a copy already compiled in this process for the same
-    weights costs nothing and is always used. :meth:`card` says what happened, for records.
+    Call it once per batch inside ``torch.inference_mode()`` and autocast, within ``with Encoder(...)
+    as run:`` so a conv net's weights go channels-last for the run (at its first batch of images) and
+    come back contiguous after. ``auto`` runs the first batch eager and times it (one device sync on
+    CUDA, only then), then decides with :func:`should_compile` for the items left; a copy already
+    compiled in this process for the same weights costs nothing and is always used. :meth:`card`
+    says what happened, for records.
     """
 
     def __init__(self, fn, n: int, mode: Mode | None = None, name: str = "encoder"):
@@ -237,6 +241,17 @@ class Encoder:
         self.done = self.compiled_batches = self.batches = 0
         self.compile_seconds = 0.0
         self._fresh = False
+        self._scoped = False  # inside ``with``: channels-last is ours to set and to undo
+        self.channels_last = False
+
+    def __enter__(self) -> Encoder:
+        self._scoped = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._scoped = False
+        if self.channels_last:
+            layout.set_memory_format(self.target[0], False)
 
     @property
     def compiled(self) -> bool:
@@ -245,9 +260,14 @@ class Encoder:
     def card(self) -> dict:
         return {"compile": self.mode, "compiled": self.compiled, "decision": self.decision,
                 "compiled_batches": self.compiled_batches, "batches": self.batches,
-                "compile_seconds": round(self.compile_seconds, 2)}
+                "compile_seconds": round(self.compile_seconds, 2), "channels_last": self.channels_last}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batches == 0 and self._scoped and self.target is not None and x.ndim == 4:
+            self.channels_last = layout.is_convolutional(self.target[0])
+            if self.channels_last:
+                layout.set_memory_format(self.target[0], True)
+        x = layout.images_in(x, self.channels_last)
         self.batches += 1
         if self.decision is None:
             self._decide(x)
@@ -324,7 +344,7 @@ class Encoder:
     def _run_copy(self, x) -> torch.Tensor | None:
         n = x.shape[0]
         if n < self.batch:  # pad with real rows so the compiled shape is kept
-            x = torch.cat([x, x[-1:].expand(self.batch - n, *x.shape[1:])])
+            x = layout.images_in(torch.cat([x, x[-1:].expand(self.batch - n, *x.shape[1:])]), self.channels_last)
         t0 = time.perf_counter()
         try:
             with _freezing(x.device):

@@ -162,9 +162,9 @@ def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], encoder_card:
                 pin_memory=device.type == "cuda", prefetch_factor=4, persistent_workers=False)
         else:
             loader = _decode_in_threads(dataset, batch_size, torch.get_num_threads())
-        run = compiled_.Encoder(encode, len(rows), compile, name=spec)
         out: torch.Tensor | None = None
-        with torch.inference_mode(), config.autocast(device, dtype):
+        with compiled_.Encoder(encode, len(rows), compile, name=spec) as run, torch.inference_mode(), \
+                config.autocast(device, dtype):
             for images, _, idx in tqdm(loader, desc=f"encode {label}", disable=not progress, leave=False,
                                        total=math.ceil(len(dataset) / batch_size)):
                 f = run(images.to(device, non_blocking=True)).float()
@@ -308,8 +308,8 @@ def text_features(loaded, texts: list[str], batch_size: int = 256, use_cache: bo
 
     def compute():
         chunks = []
-        run = compiled_.Encoder(loaded.model.encode_text, len(texts), compile, name=f"{loaded.spec} (text)")
-        with torch.inference_mode(), config.autocast(dev, dtype):
+        with compiled_.Encoder(loaded.model.encode_text, len(texts), compile, name=f"{loaded.spec} (text)") as run, \
+                torch.inference_mode(), config.autocast(dev, dtype):
             for i in range(0, len(texts), batch_size):
                 tokens = loaded.tokenize(list(texts[i:i + batch_size])).to(dev, non_blocking=True)
                 chunks.append(run(tokens).float())

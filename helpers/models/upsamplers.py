@@ -178,12 +178,11 @@ class NetworkUpsampler:
         net = self.net.to(dev).eval()
         from helpers.core import compiled
 
-        run = compiled.Encoder(net, len(batch), name=self.name)  # encode.compile of the profile
         out = []
-        with config.autocast(dev):
+        with compiled.Encoder(net, len(batch), name=self.name) as run, config.autocast(dev):  # the profile's encode.compile
             for x in to_float(batch).split(self.batch_size):
                 out.append(run(x.to(dev, non_blocking=True)).float().clamp(0, 1))
-        y = torch.cat(out).cpu()
+        y = torch.cat(out).cpu().contiguous()  # a conv net ran channels-last
         if tuple(y.shape[-2:]) != tuple(size):
             y = F.interpolate(y, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         return y

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from helpers.core import config, distributed, storage
 from helpers.core.compiled import parse_mode as parse_compile_mode
+from helpers.core.layout import is_convolutional, set_memory_format
 
 
 @dataclass
@@ -168,18 +169,6 @@ def count_trainable(model: torch.nn.Module) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------ speed
 COMPILE_BACKEND = "inductor"  # what torch.compile uses (tests swap in a failing one for the fallback)
-
-
-def is_convolutional(model: torch.nn.Module) -> bool:
-    """Conv nets (ResNet image towers, torchvision/timm CNNs, SR nets) run faster in channels-last
-    memory format on oneDNN and cuDNN; a ViT's single patch-embedding convolution does not make one."""
-    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
-
-
-def set_memory_format(model: torch.nn.Module, channels_last: bool) -> None:
-    """Weights of 4-D kernels in channels-last (or back to contiguous); values and Parameter objects
-    stay the same, so an optimiser built before or after sees the same tensors."""
-    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
