@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import data, models, profiles, settings
-from helpers.core import compiled, config
+from helpers.core import compiled, config, layout
 from helpers.eval import features
 
 SPEC = "scratch:tiny-vit@0"
@@ -167,6 +167,10 @@ def test_a_conv_net_encodes_channels_last_and_is_given_back_contiguous(mode):
         plain = compiled.Encoder(net, len(x), False)  # not as a context manager: the layout is left alone
         plain(x)
         assert plain.card()["channels_last"] is False and net[0].weight.is_contiguous()
+        layout.set_memory_format(net, True)  # already channels-last, as during a training run: it stays so
+        with compiled.Encoder(net, len(x), False) as run:
+            run(x)
+        assert run.card()["channels_last"] and not net[0].weight.is_contiguous()
 
 
 def test_encode_compile_setting_is_validated_and_shown():

@@ -223,7 +223,7 @@ class Encoder:
 
     Call it once per batch inside ``torch.inference_mode()`` and autocast, within ``with Encoder(...)
     as run:`` so a conv net's weights go channels-last for the run (at its first batch of images) and
-    come back contiguous after. ``auto`` runs the first batch eager and times it (one device sync on
+    come back contiguous after (weights already channels-last, as in a training run, stay so). ``auto`` runs the first batch eager and times it (one device sync on
     CUDA, only then), then decides with :func:`should_compile` for the items left; a copy already
     compiled in this process for the same weights costs nothing and is always used. :meth:`card`
     says what happened, for records.
@@ -243,6 +243,7 @@ class Encoder:
         self._fresh = False
         self._scoped = False  # inside ``with``: channels-last is ours to set and to undo
         self.channels_last = False
+        self._restore = False  # the weights were contiguous before this run made them channels-last
 
     def __enter__(self) -> Encoder:
         self._scoped = True
@@ -250,7 +251,7 @@ class Encoder:
 
     def __exit__(self, *exc) -> None:
         self._scoped = False
-        if self.channels_last:
+        if self._restore:
             layout.set_memory_format(self.target[0], False)
 
     @property
@@ -264,9 +265,11 @@ class Encoder:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.batches == 0 and self._scoped and self.target is not None and x.ndim == 4:
-            self.channels_last = layout.is_convolutional(self.target[0])
-            if self.channels_last:
-                layout.set_memory_format(self.target[0], True)
+            module = self.target[0]
+            self.channels_last = layout.is_convolutional(module)
+            if self.channels_last and not layout.weights_channels_last(module):  # e.g. during training: leave it
+                layout.set_memory_format(module, True)
+                self._restore = True
         x = layout.images_in(x, self.channels_last)
         self.batches += 1
         if self.decision is None:

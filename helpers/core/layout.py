@@ -23,6 +23,12 @@ def set_memory_format(model: torch.nn.Module, channels_last: bool) -> None:
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def weights_channels_last(model: torch.nn.Module) -> bool:
+    """True when every 4-D weight of ``model`` is already channels-last (as during a training run)."""
+    kernels = [t for t in model.parameters() if t.ndim == 4]
+    return bool(kernels) and all(t.is_contiguous(memory_format=torch.channels_last) for t in kernels)
+
+
 def images_in(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """``x`` channels-last when asked and it is a batch of images (4-D); anything else as it is."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from helpers.core import config, storage
+from helpers.core import compiled, config, storage
 from helpers.data import Samples, augment, in_memory
 from helpers.eval import metrics
 from helpers.train import loop
@@ -31,17 +31,19 @@ def predict(model: torch.nn.Module, dataset, batch_size: int = 256, workers: int
             device: torch.device | None = None, progress: bool = False, classify=None) -> tuple[np.ndarray, np.ndarray]:
     """(logits float32 [N, C], labels) of ``model`` (or of ``classify(images)``) over ``dataset`` in
     order, batched under autocast. Logits stay on the device until the end, so an accelerator never
-    waits for the host between batches."""
+    waits for the host between batches. A conv net runs channels-last (:class:`compiled.Encoder`), not
+    compiled: during training the weights change after every call."""
     device = device or config.device()
     workers = config.num_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
     out, labels = [], []
     model.eval()
-    with torch.inference_mode(), config.autocast(device):
+    with compiled.Encoder(classify or model, len(dataset), False, name="predict") as run, torch.inference_mode(), \
+            config.autocast(device):
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             x, y = batch[0], batch[1]
-            out.append((classify or model)(x.to(device, non_blocking=True)).float())
+            out.append(run(x.to(device, non_blocking=True)).float())
             labels.append(torch.as_tensor(y))
     return torch.cat(out).cpu().numpy(), torch.cat(labels).numpy()
 
