@@ -223,10 +223,10 @@ class Encoder:
 
     Call it once per batch inside ``torch.inference_mode()`` and autocast, within ``with Encoder(...)
     as run:`` so a conv net's weights go channels-last for the run (at its first batch of images) and
-    come back contiguous after (weights already channels-last, as in a training run, stay so). ``auto`` runs the first batch eager and times it (one device sync on
-    CUDA, only then), then decides with :func:`should_compile` for the items left; a copy already
-    compiled in this process for the same weights costs nothing and is always used. :meth:`card`
-    says what happened, for records.
+    come back contiguous after (weights already channels-last, as in a training run, stay so).
+    ``auto`` runs the first batch eager and times it (one device sync on CUDA, only then), then
+    decides with :func:`should_compile` for the items left; a copy already compiled in this process
+    for the same weights costs nothing and is always used. :meth:`card` says what happened, for records.
     """
 
     def __init__(self, fn, n: int, mode: Mode | None = None, name: str = "encoder"):
