@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import models
-from helpers.core import config
+from helpers.core import config, layout
 from helpers.models import backbones
 from helpers.results import records
 from helpers.train import clip_objectives, loop
@@ -62,8 +62,8 @@ class Variant:
     def __init__(self, model: torch.nn.Module, device: torch.device, optimised: bool, compile_setting):
         self.model = copy.deepcopy(model).to(device)
         self.device = device
-        self.channels_last = optimised and loop.is_convolutional(self.model)
-        loop.set_memory_format(self.model, self.channels_last)
+        self.channels_last = optimised and layout.is_convolutional(self.model)
+        layout.set_memory_format(self.model, self.channels_last)
         groups = loop.param_groups(self.model, 0.05)
         self.opt = (loop.adamw(groups, 1e-4, (0.9, 0.999), device) if optimised
                     else torch.optim.AdamW(groups, lr=1e-4))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import models
+from helpers.core import layout
 from helpers.train import clip_objectives, loop
 
 CPU = torch.device("cpu")
@@ -28,7 +29,7 @@ def fp32(monkeypatch):
 
 def eager(monkeypatch):
     """The loop with its optimisations off: contiguous weights and inputs, the per-tensor AdamW."""
-    monkeypatch.setattr(loop, "is_convolutional", lambda model: False)
+    monkeypatch.setattr(layout, "is_convolutional", lambda model: False)
     monkeypatch.setattr(loop, "adamw", lambda groups, lr, betas, device: torch.optim.AdamW(groups, lr=lr, betas=betas))
 
 
@@ -104,8 +105,8 @@ def test_compile_setting_and_targets():
 
 
 def test_channels_last_only_for_conv_nets_and_only_images_move():
-    assert loop.is_convolutional(models.load_model("scratch:tiny-rn", device="cpu").model)
-    assert not loop.is_convolutional(models.load_model("scratch:tiny-vit", device="cpu").model)  # one patch conv
+    assert layout.is_convolutional(models.load_model("scratch:tiny-rn", device="cpu").model)
+    assert not layout.is_convolutional(models.load_model("scratch:tiny-vit", device="cpu").model)  # one patch conv
     images, labels = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
     moved = loop.to_device([images, labels, ["a", "b"]], CPU, channels_last=True)
     assert moved[0].is_contiguous(memory_format=torch.channels_last) and torch.equal(moved[0], images)

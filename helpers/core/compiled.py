@@ -241,18 +241,16 @@ class Encoder:
         self.done = self.compiled_batches = self.batches = 0
         self.compile_seconds = 0.0
         self._fresh = False
-        self._scoped = False  # inside ``with``: channels-last is ours to set and to undo
         self.channels_last = False
-        self._restore = False  # the weights were contiguous before this run made them channels-last
+        self._layout: contextlib.ExitStack | None = None  # inside ``with``: where channels-last is undone
 
     def __enter__(self) -> Encoder:
-        self._scoped = True
+        self._layout = contextlib.ExitStack()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._scoped = False
-        if self._restore:
-            layout.set_memory_format(self.target[0], False)
+        stack, self._layout = self._layout, None
+        stack.close()
 
     @property
     def compiled(self) -> bool:
@@ -264,12 +262,8 @@ class Encoder:
                 "compile_seconds": round(self.compile_seconds, 2), "channels_last": self.channels_last}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.batches == 0 and self._scoped and self.target is not None and x.ndim == 4:
-            module = self.target[0]
-            self.channels_last = layout.is_convolutional(module)
-            if self.channels_last and not layout.weights_channels_last(module):  # e.g. during training: leave it
-                layout.set_memory_format(module, True)
-                self._restore = True
+        if self.batches == 0 and self._layout is not None and self.target is not None and x.ndim == 4:
+            self.channels_last = self._layout.enter_context(layout.channels_last(self.target[0]))
         x = layout.images_in(x, self.channels_last)
         self.batches += 1
         if self.decision is None:

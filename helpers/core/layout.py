@@ -8,6 +8,8 @@ cache keys do not depend on it.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -32,3 +34,18 @@ def weights_channels_last(model: torch.nn.Module) -> bool:
 def images_in(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """``x`` channels-last when asked and it is a batch of images (4-D); anything else as it is."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
+@contextlib.contextmanager
+def channels_last(model: torch.nn.Module):
+    """Within the block a conv net's weights are channels-last (yields True; False for anything else,
+    left untouched); weights that were contiguous before come back contiguous, also on an error."""
+    on = is_convolutional(model)
+    changed = on and not weights_channels_last(model)
+    if changed:
+        set_memory_format(model, True)
+    try:
+        yield on
+    finally:
+        if changed:
+            set_memory_format(model, False)

@@ -31,9 +31,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from helpers.core import config, distributed, storage
+from helpers.core import config, distributed, layout, storage
 from helpers.core.compiled import parse_mode as parse_compile_mode
-from helpers.core.layout import is_convolutional, set_memory_format
 
 
 @dataclass
@@ -312,22 +311,20 @@ def _train(model: torch.nn.Module, loader, loss_fn: Callable, evaluate: Callable
     """
     device = device or config.device()
     model.to(device)
-    channels_last = is_convolutional(model)
-    set_memory_format(model, channels_last)
-    compiled = None
-    if wants_compile(cfg.compile, device):
+    # the trained model leaves as it came, also when stopped: its weights' layout, an eager forward
+    with layout.channels_last(model) as channels_last:
+        compiled = None
+        if wants_compile(cfg.compile, device):
+            try:
+                compiled = Compiled(compile_target(model))
+            except Exception as e:  # noqa: BLE001 (e.g. a Python this torch cannot compile on)
+                _compile_failed(e)
         try:
-            compiled = Compiled(compile_target(model))
-        except Exception as e:  # noqa: BLE001 (e.g. a Python this torch cannot compile on)
-            _compile_failed(e)
-    try:
-        return _run(model, loader, loss_fn, evaluate, cfg, checkpoint_dir, run_card, device, progress,
-                    optimizer_factory, channels_last, compiled)
-    finally:  # the trained model leaves as it came, also when stopped: contiguous weights, eager forward
-        if compiled:
-            compiled.off()
-        if channels_last:
-            set_memory_format(model, False)
+            return _run(model, loader, loss_fn, evaluate, cfg, checkpoint_dir, run_card, device, progress,
+                        optimizer_factory, channels_last, compiled)
+        finally:
+            if compiled:
+                compiled.off()
 
 
 def _compile_failed(e: Exception) -> None:
