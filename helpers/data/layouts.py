@@ -247,12 +247,14 @@ def _read_split_csv(csv_path: Path) -> tuple[list[Path], list[str], bool]:
         if p.is_symlink() and not p.exists():
             raise DatasetError(f"{csv_path} lists {rel}, a broken symlink (to {p.readlink()})")
         if not p.exists():
-            for sub in ("2750", "EuroSAT", "images"):
+            subs = ("2750", "EuroSAT", "images")
+            for sub in subs:
                 if (base / sub / rel).exists():
                     p = base / sub / rel
                     break
             else:
-                raise DatasetError(f"{csv_path} lists {rel}, which is not under {base}")
+                raise DatasetError(f"{csv_path} lists {rel}, which does not exist: looked for it in {base} "
+                                   f"and in its {', '.join(subs)} folders")
         paths.append(p)
         names.append(cls)
     return paths, names, name_col is None
