@@ -2,7 +2,8 @@
 in this list (a test walks the import graph):
 
     core/         config (folders, device, autocast), storage (atomic writes, hashes, locks),
-                  distributed (torchrun), errors (every error class)
+                  distributed (torchrun), errors (every error class), memory (freed memory
+                  kept for reuse: put in force here, on import), compiled, layout
     data/         images, samples, classnames, layouts (folders, split CSVs, splits), eurosat,
                   captions, synthetic, transforms, prompts
     models/       registry (the spec grammar: kind -> parse / load / missing / url), clip_models
@@ -15,4 +16,8 @@ in this list (a test walks the import graph):
     report.py     supplementary/ rebuilt from records;  suite.py  the headless runner
 """
 
+from helpers.core import memory as _memory
+
 __version__ = "0.1.0"
+
+_memory.apply()  # CLIPLAB_MALLOC: training steps and batches reuse freed memory instead of faulting it in

@@ -160,6 +160,17 @@ def num_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
+def decode_workers() -> int:
+    """Worker processes for decoding a whole dataset into memory, while nothing else runs:
+    CLIPLAB_WORKERS if set, else every core (up to 8; under torchrun, this rank's share of them).
+    EuroSAT train at 64 px: 6.1 s with one worker, 3.8 s with two, on 2 cores."""
+    forced = os.environ.get("CLIPLAB_WORKERS", "").strip()
+    if forced:
+        return int(forced)
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, (os.cpu_count() or 1) // ranks_here))
+
+
 def encode_workers(dev: torch.device | str | None = None) -> int:
     """DataLoader worker processes for encoding (inference) on ``dev``: CLIPLAB_WORKERS if set, else
     :func:`num_workers` on accelerators and 0 on CPU, where torch's threads already use every core and

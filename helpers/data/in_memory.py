@@ -9,6 +9,8 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
+from helpers.core import config
+
 MEMORY_SHARE = 0.25  # of the memory available when training starts
 
 
@@ -47,11 +49,13 @@ class InMemory(torch.utils.data.TensorDataset):
         return images, labels, indices
 
 
-def materialise(dataset, workers: int = 0, batch_size: int = 256, what: str = "images",
+def materialise(dataset, workers: int | None = None, batch_size: int = 256, what: str = "images",
                 progress: bool = True) -> torch.utils.data.Dataset:
     """``dataset`` (items ``(image tensor, label, index)`` with a deterministic transform) as an
     :class:`InMemory` dataset of the same items, or ``dataset`` itself when its images would take more
-    than ``MEMORY_SHARE`` of the available memory (sized from its first item; every image has that shape)."""
+    than ``MEMORY_SHARE`` of the available memory (sized from its first item; every image has that shape).
+    ``workers``: decoding processes (default :func:`config.decode_workers`: every core, as nothing else runs)."""
+    workers = config.decode_workers() if workers is None else workers
     n = len(dataset)
     if n == 0:
         return dataset

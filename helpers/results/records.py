@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.core import config, storage
+from helpers.core import config, memory, storage
 from helpers.core.errors import RecordError  # noqa: F401 (re-exported)
 
 PACKAGES = ("torch", "torchvision", "openai-clip", "numpy", "scikit-learn", "pandas", "pillow", "matplotlib")
@@ -62,7 +62,7 @@ def environment() -> dict:
     dev = config.device()
     return {"device": str(dev), "autocast": config.dtype_name(config.autocast_dtype(dev)),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "platform": platform.platform(), **cpu()}  # cpu(): read once per process
+            "allocator": memory.card(), "platform": platform.platform(), **cpu()}  # cpu(): read once per process
 
 
 @functools.lru_cache(maxsize=1)

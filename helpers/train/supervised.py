@@ -63,7 +63,7 @@ def train_batches(train: Samples, transform, batch_size: int, seed: int, progres
     the training device; any other transform runs per image in the loader."""
     if not isinstance(transform, augment.TrainTransform):
         return loop.train_loader(train.dataset(transform), batch_size, seed)
-    decoded = in_memory.materialise(train.dataset(transform.decode), config.num_workers(), what="train images",
+    decoded = in_memory.materialise(train.dataset(transform.decode), what="train images",
                                     progress=progress)
     kept = isinstance(decoded, in_memory.InMemory)
     loader = loop.train_loader(decoded, batch_size, seed, workers=0 if kept else None)
@@ -82,7 +82,7 @@ def train_classifier(net: torch.nn.Module, splits: dict[str, Samples], train_tra
     ckpt_dir = config.cache_dir() / "checkpoints" / storage.sha256_json({"run": run_card, "cfg": cfg.card(),
                                                                         "batch": batch_size})[:20]
     loader = train_batches(splits["train"], train_transform, batch_size, cfg.seed, progress)
-    val_ds = in_memory.materialise(splits["val"].dataset(eval_transform), config.num_workers(), what="val images",
+    val_ds = in_memory.materialise(splits["val"].dataset(eval_transform), what="val images",
                                    progress=progress)
     val_workers = 0 if isinstance(val_ds, in_memory.InMemory) else None
     test_ds = splits["test"].dataset(eval_transform)
