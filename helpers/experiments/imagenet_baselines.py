@@ -67,6 +67,7 @@ def run(P: Profile, splits: dict[str, Samples]) -> Outcome:
                 "05_imagenet_baselines", r["metrics"], dataset=test.card(), model=card, profile=P.name,
                 variant=f"{regime}|seed={r['seed']}", seeds=[r["seed"]], wall_time_s=timer.seconds,
                 protocol={**protocol, "regime": regime, "C": r["C"], "k": r["k"], "n_train": r["n_train"],
+                          "probe_backend": r["probe_backend"], "probe_threads": r["probe_threads"],
                           "skipped_ks": notes},
                 facets={"head": "linear probe", "regime": regime, "k": r["k"], "seed": r["seed"]},
                 predictions=r["predictions"], labels=f["test"].labels))

@@ -327,7 +327,9 @@ def run(P: Profile, splits: dict[str, Samples], progress: bool = True) -> Outcom
                                 max_iter=int(s.get("probe_max_iter", 1000)),
                                 backend=P["few_shot"]["probe_backend"])[0]
             for head, m, extra_protocol in (("zero-shot", zs, {"templates": s["templates"]}),
-                                            ("linear probe", probe["metrics"], {"C": probe["C"], "probe": "all train, C on val, refit train+val"})):
+                                            ("linear probe", probe["metrics"], {"C": probe["C"], "probe": "all train, C on val, refit train+val",
+                                                                               "probe_backend": probe["probe_backend"],
+                                                                               "probe_threads": probe["probe_threads"]})):
                 emit(records.make_record(
                     EXPERIMENT.id, m, dataset=r["test"].card(), model=loaded.card(), profile=P.name,
                     variant=f"{head}|{name}|x{factor}|{target}px", seeds=[P.seed], wall_time_s=t.seconds,
