@@ -9,8 +9,10 @@ notebook 06, a fresh random prompt per class every step; torchvision/timm specs:
 new linear head). *eager*: contiguous weights and inputs, the per-tensor AdamW. *optimised*: what
 :func:`helpers.train.loop.train` does — channels-last for convolutional models, fused AdamW where this
 torch has it, the image tower compiled when ``--compile`` asks (``auto``: on CUDA only, like the loop).
-The variants run alternately in the same process, after warm-up steps, so a machine that gets busier
-or quieter skews no ratio. With ``--data DIR`` (a folder holding ``eurosat_rgb/``), optimised steps also
+*memory returned*: the optimised step with glibc's own handling of freed memory (as it settles: blocks
+over 32 MiB mapped and unmapped each time) instead of the suite's (:mod:`helpers.core.memory`: kept for
+reuse). The variants run alternately in the same process, after warm-up steps, so a machine that gets
+busier or quieter skews no ratio. With ``--data DIR`` (a folder holding ``eurosat_rgb/``), optimised steps also
 run on EuroSAT train images through the loop's own loader (its workers, augmentation), and the share of
 that time spent blocked on the loader is reported. The last line prints the ratios; the numbers are
 written as a record (``supplementary/bench/results/bench_train.jsonl``) unless ``--no-record``.
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import models
-from helpers.core import config, layout
+from helpers.core import config, layout, memory
 from helpers.models import backbones
 from helpers.results import records
 from helpers.train import clip_objectives, loop
@@ -96,17 +98,23 @@ def repeat(batch):
         yield batch
 
 
-def data_wait(variant: Variant, train, size: int, norm: tuple, batch_size: int, dtype, steps: int) -> float:
-    """Share of optimised steps on EuroSAT train images (``train``: its Samples) spent waiting for the
-    batches notebook 06 trains on (decoded once, augmented per batch: :func:`supervised.train_batches`)."""
-    from helpers.data import transforms
+def data_wait(variant: Variant, train, size: int, norm: tuple, batch_size: int, dtype, steps: int) -> tuple[float, float]:
+    """(share of optimised steps on EuroSAT train images (``train``: its Samples) spent waiting for the
+    batches notebook 06 trains on, seconds of the one-time decode into memory before them): decoded once,
+    augmented per batch (:func:`supervised.train_batches`). The decode is timed apart, as a run pays it
+    once, not per step (a training record's first epoch includes it in its ``data_wait``)."""
+    from helpers.data import in_memory, transforms
     from helpers.train import supervised
 
     tf, _ = transforms.image_transform(size, "bicubic", *norm, train=True)
     loader = supervised.train_batches(train, tf, batch_size, seed=0, progress=False)
+    start = time.perf_counter()
+    if isinstance(loader.dataset, in_memory.InMemory):
+        loader.dataset.tensors  # noqa: B018 (decodes every image, once)
+    decode_s = time.perf_counter() - start
     batches = loop.Batches(loader)
     variant.steps(batches, dtype, min(steps, len(loader)))
-    return batches.wait_share()
+    return batches.wait_share(), decode_s
 
 
 def main(argv=None) -> dict:
@@ -142,22 +150,28 @@ def main(argv=None) -> dict:
     fast = config.autocast_dtype(device)
     variants = {"eager": Variant(model, device, False, compile_setting),
                 "optimised": Variant(model, device, True, compile_setting)}
-    runs = {f"eager {config.dtype_name(fast)}": ("eager", fast), f"optimised {config.dtype_name(fast)}": ("optimised", fast),
-            "optimised fp32": ("optimised", torch.float32)}
-    for v, dtype in runs.values():  # warm-up: oneDNN picks kernels per precision and layout, compiling happens
+    fname = config.dtype_name(fast)
+    # (variant, precision, allocator): "returned" is glibc's own handling of freed memory, as it settles
+    runs = {f"eager {fname}": ("eager", fast, "keep"), f"optimised {fname}": ("optimised", fast, "keep"),
+            "optimised fp32": ("optimised", torch.float32, "keep"),
+            f"optimised {fname}, memory returned": ("optimised", fast, "system")}
+    for v, dtype, allocator in runs.values():  # warm-up: oneDNN picks kernels per precision and layout, compiling happens
+        memory.apply(allocator)
         variants[v].steps(repeat(batch), dtype, 2)
     rates = {name: [] for name in runs}
     for _ in range(args.rounds):  # alternate so drift in machine load hits every variant alike
-        for name, (v, dtype) in runs.items():
+        for name, (v, dtype, allocator) in runs.items():
+            memory.apply(allocator)
             rates[name].append(variants[v].steps(repeat(batch), dtype, args.steps)[0])
+    memory.apply("keep")
     best = {name: max(r) for name, r in rates.items()}
-    fname = config.dtype_name(fast)
     out = {f"{name.replace(' ', '_')}_images_per_s": round(best[name], 1) for name in best}
     out["optimised_over_eager"] = round(best[f"optimised {fname}"] / best[f"eager {fname}"], 2)
     out[f"{fname}_over_fp32"] = round(best[f"optimised {fname}"] / best["optimised fp32"], 2)
+    out["memory_kept_over_returned"] = round(best[f"optimised {fname}"] / best[f"optimised {fname}, memory returned"], 2)
     if args.data:
-        out["data_wait"] = round(data_wait(variants["optimised"], train, size, norm, args.batch_size, fast,
-                                           args.data_steps), 3)
+        wait, decode_s = data_wait(variants["optimised"], train, size, norm, args.batch_size, fast, args.data_steps)
+        out["data_wait"], out["decode_into_memory_s"] = round(wait, 3), round(decode_s, 2)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     how = {"channels_last": variants["optimised"].channels_last,
            "fused_adamw": bool(variants["optimised"].opt.defaults.get("fused")),
@@ -167,11 +181,12 @@ def main(argv=None) -> dict:
           f"load average {' '.join(f'{x:.2f}' for x in load) if load else '?'}")
     print(f"  optimised step: {', '.join(k for k, v in how.items() if v) or 'nothing applies'}")
     for name in runs:
-        print(f"  {name:>16}: {best[name]:8.1f} images/s (training step, best of {args.rounds} rounds)")
+        print(f"  {name:>30}: {best[name]:8.1f} images/s (training step, best of {args.rounds} rounds)")
     if args.data:
-        print(f"  data wait: {out['data_wait']:.1%} of optimised steps on EuroSAT train images "
-              f"({config.num_workers()} loader workers)")
+        print(f"  data wait: {out['data_wait']:.1%} of optimised steps on EuroSAT train images, after decoding "
+              f"them into memory once in {out['decode_into_memory_s']:.1f} s ({config.decode_workers()} workers)")
     print(f"ratios: optimised/eager={out['optimised_over_eager']:.2f} {fname}/fp32={out[f'{fname}_over_fp32']:.1f}"
+          f" kept/returned={out['memory_kept_over_returned']:.2f}"
           + (f" data_wait={out['data_wait']:.2f}" if args.data else ""))
     if not args.no_record:
         rec = records.make_record("bench_train", out, dataset={"name": "EuroSAT train + random tensors" if args.data

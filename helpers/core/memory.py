@@ -22,9 +22,11 @@ import platform
 MODES = ("keep", "system")
 TRIM_BYTES = 1 << 30  # free memory at the top of the heap beyond this goes back to the system
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
-_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+# where glibc's dynamic thresholds settle in a process that has freed large blocks (mmap threshold at its
+# 64-bit maximum, trim at twice that): what "system" returns to after "keep" within one process
+_GLIBC_SETTLED = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20, _M_MMAP_MAX: 65536}
 
-_state = {"mode": "system"}  # what this process runs with now
+_state = {"mode": "system", "touched": False}  # what this process runs with now; whether mallopt was called
 
 
 def requested() -> str:
@@ -50,8 +52,9 @@ def _glibc():
 
 def apply(mode: str | None = None) -> str:
     """Put ``mode`` (default :func:`requested`) in force for this process and its forked workers;
-    returns it as :func:`card` states it. ``system`` after ``keep`` restores glibc's documented static
-    defaults (its dynamic mmap threshold does not come back within a process)."""
+    returns it as :func:`card` states it. ``system`` after ``keep`` (a benchmark comparing both) sets the
+    values glibc's dynamic thresholds settle at once large blocks were freed (blocks over 32 MiB mapped,
+    trim above 64 MiB), since a setting made with ``mallopt`` turns the dynamic adjustment off."""
     mode = requested() if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"allocator mode {mode!r}: use one of {', '.join(MODES)}")
@@ -62,11 +65,11 @@ def apply(mode: str | None = None) -> str:
     if mode == "keep":  # every block from the heap, and the heap not trimmed below TRIM_BYTES of free top
         ok = mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, TRIM_BYTES)
     else:
-        ok = all(mallopt(param, value) for param, value in _GLIBC_DEFAULTS.items())
+        ok = all(mallopt(param, value) for param, value in _GLIBC_SETTLED.items())
         malloc_trim(0)
     if not ok:
         raise OSError(f"glibc refused the allocator settings of mode {mode!r} (mallopt returned 0)")
-    _state["mode"] = mode
+    _state.update(mode=mode, touched=True)
     return card()
 
 
@@ -76,4 +79,6 @@ def card() -> str:
         return "system allocator (not glibc: unchanged)"
     if _state["mode"] == "keep":
         return f"glibc, freed memory kept for reuse (no mmap blocks, trim above {TRIM_BYTES >> 20} MiB)"
+    if _state["touched"]:
+        return "glibc defaults as they settle (blocks over 32 MiB mapped, trim above 64 MiB)"
     return "glibc defaults"
