@@ -1,11 +1,12 @@
 """Freed memory kept for reuse by this process (glibc's malloc), instead of given back to the system.
 
-Why: glibc serves every large block (activations and gradients are MBs to GBs) by a fresh ``mmap``
-and unmaps it when freed, so the next training step or batch faults the same amount in again, a page
-at a time. A ResNet-18 step at 64 px, batch 128, faulted ~50,000 pages (200 MB) per step on a 2-core
-VM, and keeping them made the step 1.2x faster (``bench/bench_train.py`` measures it). PyTorch's CUDA
-allocator keeps freed blocks the same way. The cost: the process holds on to its peak heap (up to
-``TRIM_BYTES`` more at the top of it) until it exits.
+Why: glibc serves large blocks (activations and gradients are MBs to GBs; over 32 MiB always) by a
+fresh ``mmap`` and unmaps them when freed, so the next training step or batch faults the same amount in again, a page
+at a time: 22,000-28,000 pages (90-110 MB) per training step of ResNet-18 or the small CLIP at 64 px,
+batch 128, on a 2-core VM, and under 200 with freed memory kept, for steps 1.04x (ResNet-18) and
+1.16x (small CLIP) faster (medians of 3 fresh processes each; ``bench/bench_train.py`` prints the
+ratio). PyTorch's CUDA allocator keeps freed blocks the same way. The cost: the process holds on to
+its peak heap (up to ``TRIM_BYTES`` more at the top of it) until it exits.
 
 ``CLIPLAB_MALLOC``: ``keep`` (default) or ``system`` (glibc's own behaviour, untouched). Elsewhere than
 glibc (macOS, musl) nothing changes. Every record states which was in force (``environment.allocator``).
