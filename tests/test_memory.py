@@ -22,7 +22,7 @@ import helpers  # puts CLIPLAB_MALLOC in force
 from helpers.core import memory
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):  # warm: the heap grows to its steady state (aligned blocks split, then merge)
+for _ in range(10):  # warm: the heap settles (aligned blocks split, then merge; 3-6 rounds seen)
     torch.ones(16 << 20).sum()
 start = faults()
 for _ in range(8):  # what a training step does: the same large blocks allocated, written, freed
@@ -60,3 +60,15 @@ def test_unknown_setting_is_an_error_naming_the_choices(monkeypatch):
 
 def test_records_state_the_allocator_in_force():
     assert records.environment()["allocator"] == memory.card()
+
+
+def test_worker_counts_read_one_validated_setting(monkeypatch):
+    from helpers.core import config
+
+    monkeypatch.setenv("CLIPLAB_WORKERS", "3")
+    assert config.num_workers() == config.decode_workers() == config.encode_workers("cpu") == 3
+    monkeypatch.setenv("CLIPLAB_WORKERS", "two")
+    with pytest.raises(ValueError, match=r"CLIPLAB_WORKERS='two': give a number of worker processes"):
+        config.decode_workers()
+    monkeypatch.delenv("CLIPLAB_WORKERS")
+    assert config.encode_workers("cpu") == 0 and config.decode_workers() >= 1

@@ -152,21 +152,29 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
     return seed
 
 
+def _forced_workers() -> int | None:
+    """CLIPLAB_WORKERS as a count of worker processes (0 or more), or None when it is unset."""
+    forced = os.environ.get("CLIPLAB_WORKERS", "").strip()
+    if not forced:
+        return None
+    if not forced.isdigit():
+        raise ValueError(f"CLIPLAB_WORKERS={forced!r}: give a number of worker processes (0 or more)")
+    return int(forced)
+
+
 def num_workers() -> int:
     """DataLoader workers: leave the cores to the model on small machines, use more on big ones."""
-    forced = os.environ.get("CLIPLAB_WORKERS", "").strip()
-    if forced:
-        return int(forced)
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    forced = _forced_workers()
+    return forced if forced is not None else max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 def decode_workers() -> int:
     """Worker processes for decoding a whole dataset into memory, while nothing else runs:
     CLIPLAB_WORKERS if set, else every core (up to 8; under torchrun, this rank's share of them).
     EuroSAT train at 64 px: 6.1 s with one worker, 3.8 s with two, on 2 cores."""
-    forced = os.environ.get("CLIPLAB_WORKERS", "").strip()
-    if forced:
-        return int(forced)
+    forced = _forced_workers()
+    if forced is not None:
+        return forced
     ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return max(1, min(8, (os.cpu_count() or 1) // ranks_here))
 
@@ -176,6 +184,6 @@ def encode_workers(dev: torch.device | str | None = None) -> int:
     :func:`num_workers` on accelerators and 0 on CPU, where torch's threads already use every core and
     images are decoded by threads between batches instead (see ``features._decode_in_threads``)."""
     dev = torch.device(dev) if dev is not None else device()
-    if dev.type == "cpu" and not os.environ.get("CLIPLAB_WORKERS", "").strip():
+    if dev.type == "cpu" and _forced_workers() is None:
         return 0
     return num_workers()

@@ -57,7 +57,7 @@ def apply(mode: str | None = None) -> str:
     values glibc's dynamic thresholds settle at once large blocks were freed (blocks over 32 MiB mapped,
     trim above 64 MiB), since a setting made with ``mallopt`` turns the dynamic adjustment off."""
     mode = requested() if mode is None else mode
-    if mode not in MODES:
+    if mode not in MODES:  # a caller's value; CLIPLAB_MALLOC's is checked by requested()
         raise ValueError(f"allocator mode {mode!r}: use one of {', '.join(MODES)}")
     glibc = _glibc()
     if glibc is None or mode == _state["mode"]:
@@ -81,5 +81,6 @@ def card() -> str:
     if _state["mode"] == "keep":
         return f"glibc, freed memory kept for reuse (no mmap blocks, trim above {TRIM_BYTES >> 20} MiB)"
     if _state["touched"]:
-        return "glibc defaults as they settle (blocks over 32 MiB mapped, trim above 64 MiB)"
+        return (f"glibc defaults as they settle (blocks over {_GLIBC_SETTLED[_M_MMAP_THRESHOLD] >> 20} MiB mapped, "
+                f"trim above {_GLIBC_SETTLED[_M_TRIM_THRESHOLD] >> 20} MiB)")
     return "glibc defaults"

@@ -9,8 +9,8 @@ class from the train split only (validation and test are never sampled), for sev
 Two backends fit the same objective (``C * sum of per-sample cross-entropy + 0.5 * ||W||^2``, bias not
 penalised; a binary probe has one weight vector, like scikit-learn's): ``sklearn`` (the reference, on the
 CPU) and ``torch`` (L-BFGS on the device; at full scale a sweep of 13 fits on ~20k x 2048 features is
-minutes on a CPU and seconds on a GPU). ``auto`` picks torch on CUDA and sklearn on the CPU, so results
-measured on the CPU stay what they were. Both share the sweep, the warm starts and the selection rule.
+minutes on a CPU and seconds on a GPU). ``auto`` picks torch on CUDA and sklearn (the reference) on
+the CPU. Both share the sweep, the warm starts and the selection rule.
 
 The sklearn probe runs its BLAS and OpenMP on ``SKLEARN_THREADS`` (1) thread, on any machine: its GEMMs
 are skinny (one column per class), so a second thread only adds overhead (the full EuroSAT sweep on
