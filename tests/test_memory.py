@@ -25,7 +25,7 @@ def faults():
 for _ in range(10):  # warm: the heap settles (aligned blocks split, then merge; 3-6 rounds seen)
     torch.ones(16 << 20).sum()
 start = faults()
-for _ in range(8):  # what a training step does: the same large blocks allocated, written, freed
+for _ in range(16):  # what a training step does: the same large blocks allocated, written, freed
     torch.ones(16 << 20).sum()
 print(json.dumps({"faults": faults() - start, "card": memory.card()}))
 """
@@ -41,8 +41,9 @@ def _run(mode: str) -> dict:
 def test_kept_memory_spares_the_page_faults_of_reallocating_large_blocks():
     kept, system = _run("keep"), _run("system")
     pages = (64 << 20) // 4096
-    assert system["faults"] > 6 * pages, system  # glibc's default: each of the 8 blocks faulted in again
-    assert kept["faults"] < 2 * pages, kept  # kept: reused (at most one block's pages touched afresh)
+    assert system["faults"] > 12 * pages, system  # glibc's default: each of the 16 blocks faulted in again
+    # kept: reused; the heap still moves a block now and then (0-3 of 16 seen faulted afresh)
+    assert kept["faults"] * 3 < system["faults"], (kept, system)
     assert kept["card"].startswith("glibc, freed memory kept") and system["card"] == "glibc defaults"
 
 
