@@ -224,13 +224,15 @@ def test_worker_processes_give_the_same_features(tiny, samples, monkeypatch):
     assert torch.equal(with_workers.features, in_process.features)
 
 
-def test_thread_decoded_batches_equal_the_dataset_items(tiny, samples):
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_decoded_batches_equal_the_dataset_items(tiny, samples, threads):
     """Batches decoded into the reused buffers hold exactly what the dataset's items hold, for a
-    subset too (rows keep their index in the samples), and a batch stays intact while the next is made."""
+    subset too (rows keep their index in the samples), and a batch stays intact while the next is made;
+    with more threads than rows in the short last batch too (each thread decodes a share of a batch)."""
     transform, _ = tiny.transform()
     dataset = samples.dataset(transform)
     rows = list(range(3, 3 + 2 * 5 + 2))  # two full batches of 5 and a short one
-    batches = features._decode_in_threads(torch.utils.data.Subset(dataset, rows), 5, 2)
+    batches = features._decode_in_threads(torch.utils.data.Subset(dataset, rows), 5, threads)
     with torch.inference_mode():  # as the encode loop asks for batches
         first = next(batches)
     kept = first[0].clone()
@@ -240,8 +242,8 @@ def test_thread_decoded_batches_equal_the_dataset_items(tiny, samples):
     assert [len(b[0]) for b in got] == [5, 5, 2]
     assert torch.equal(torch.cat([b[2] for b in got]), torch.tensor(rows))
     assert torch.equal(torch.cat([b[1] for b in got]), torch.as_tensor(samples.labels[rows]))
-    assert torch.equal(got[-1][0], torch.stack([dataset[r][0] for r in rows[-2:]]))
-    assert torch.equal(kept, torch.stack([dataset[r][0] for r in rows[:5]]))
+    for b, start in zip(got, (0, 5, 10), strict=True):
+        assert torch.equal(b[0], torch.stack([dataset[r][0] for r in rows[start:start + 5]]))
 
 
 def test_normalising_into_a_wrong_buffer_is_refused(tiny, samples):

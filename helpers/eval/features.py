@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -263,15 +264,23 @@ def _decode_in_threads(dataset, batch_size: int, threads: int):
     On CPU the forward pass keeps every core busy; a worker process can only decode by preempting one
     of torch's threads, which stalls the others at OpenMP barriers: -10 to -15% images/s for ViT-B/32
     on 2 cores, against ~2% for decoding in parallel between forward passes (bench/bench_encode.py).
-    Images are written straight into one of two batch buffers used in turn (no tensor per image, no
-    stacking copy; :func:`helpers.data.transforms.apply_into`), so a batch stays valid until the one
-    after the next is asked for -- the encode loop is done with it by then.
+    Each thread decodes one contiguous share of the batch in a loop: one task per image (64 hand-offs
+    and GIL switches per batch) cost 0.67-0.75 ms per EuroSAT image on 2 AMX cores against 0.57-0.60
+    ms so (helpers/compiled 0.89 -> 0.90). Images are written straight into one of two batch buffers
+    used in turn (no tensor per image, no stacking copy; :func:`helpers.data.transforms.apply_into`),
+    so a batch stays valid until the one after the next is asked for -- the encode loop is done with
+    it by then.
     """
     base, rows = dataset, range(len(dataset))
     if isinstance(dataset, torch.utils.data.Subset):
         base, rows = dataset.dataset, dataset.indices
+    threads = max(1, threads)
+
+    def decode(batch_rows: list[int], images: torch.Tensor) -> list[int]:
+        return [base.decode_into(r, out) for r, out in zip(batch_rows, images, strict=True)]
+
     buffers: list[torch.Tensor] = []
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
         for b, start in enumerate(range(0, len(rows), batch_size)):
             batch_rows = [int(r) for r in rows[start:start + batch_size]]
             first = None
@@ -280,11 +289,13 @@ def _decode_in_threads(dataset, batch_size: int, threads: int):
                 with torch.inference_mode(False):  # ordinary tensors: the decode threads are not in inference mode
                     buffers = [torch.empty((batch_size, *first.shape), dtype=torch.float32) for _ in range(2)]
             images = buffers[b % 2][:len(batch_rows)]
-            if first is None:
-                labels = list(pool.map(base.decode_into, batch_rows, images))
-            else:
+            labels, done = [], 0
+            if first is not None:
                 images[0].copy_(first)
-                labels = [label, *pool.map(base.decode_into, batch_rows[1:], images[1:])]
+                labels, done = [label], 1
+            cuts = [done + (len(batch_rows) - done) * t // threads for t in range(threads + 1)]
+            shares = [pool.submit(decode, batch_rows[a:z], images[a:z]) for a, z in pairwise(cuts) if z > a]
+            labels += [y for share in shares for y in share.result()]
             yield images, torch.tensor(labels), torch.tensor(batch_rows)
 
 
