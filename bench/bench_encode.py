@@ -15,6 +15,14 @@ Ways to get CLIP image embeddings of EuroSAT test JPEGs with the same model, in 
 5. peak      -- this machine's bf16 GEMM rate (a large matmul), and the fraction of it the compiled
    forward achieves, with the model's FLOPs per image counted by ``torch.utils.flop_counter``.
 
+Every path runs with ``helpers``' allocator setting (freed memory kept for reuse,
+:mod:`helpers.core.memory`), which made the eager forward faster and the compiled one not. On a 2-core
+AMX VM, in fresh processes running the forward on one batch over and over, eager ViT-B/32 ran 105-108
+img/s with glibc's default (``CLIPLAB_MALLOC=system``) and 138-150 with memory kept, the compiled copy
+196-198 either way (after decoding 1000 images first, glibc's default gave 136-142: it depends on what
+the process allocated before). So compiled/eager here, 1.3-1.4 there, is against a faster eager than
+the 1.82 recorded on that machine before the allocator change.
+
 The model is the ViT-B/32 architecture with random weights (``scratch:ViT-B/32``): no pretrained
 weights offline, and the weights do not change the speed. Targets: compiled/eager >= 1.6,
 helpers/compiled >= 0.9, helpers/reference >= 40, cached/helpers >= 50. The last line prints the
