@@ -63,6 +63,24 @@ def offline_message(profile: str, problems: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _kernel_manager():
+    """Kernels talk to the suite over Unix sockets in Jupyter's private runtime folder, not loopback
+    TCP: no port open to other local users, and no "Kernel is running over TCP without encryption"
+    warning from ipykernel 7 for every notebook. TCP where Unix sockets do not exist (Windows)."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    if os.name == "nt":
+        return KernelManager
+
+    class LocalSocketKernelManager(KernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+    return LocalSocketKernelManager
+
+
 def run_notebook(path: Path, out_dir: Path, parameters: dict) -> NotebookRun:
     """Execute one notebook with papermill. Its executed copy appears whole or not at all: papermill
     writes to a hidden file that is renamed once it is complete JSON (a full disk or a kill never
@@ -75,7 +93,8 @@ def run_notebook(path: Path, out_dir: Path, parameters: dict) -> NotebookRun:
     final, partial = out_dir / path.name, out_dir / f".{path.stem}.running.ipynb"
     try:
         pm.execute_notebook(str(path), str(partial), parameters=parameters, cwd=str(path.parent),
-                            progress_bar=False, log_output=False, kernel_name="python3")
+                            progress_bar=False, log_output=False, kernel_name="python3",
+                            kernel_manager_class=_kernel_manager())
         run = NotebookRun(path.stem, time.perf_counter() - start, True)
     except pm.PapermillExecutionError as e:
         run = NotebookRun(path.stem, time.perf_counter() - start, False, f"cell {e.exec_count}: {e.ename}: {e.evalue}")
