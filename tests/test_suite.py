@@ -263,3 +263,8 @@ def test_ctrl_c_on_the_suite_stops_cleanly_naming_the_notebook_and_keeps_the_rec
     assert kept and all(r["experiment"] == "06_clip_finetune" for r in kept)  # every line a whole record
     runs = tmp_path / "runs" / "smoke"
     assert not list(runs.glob(".*.running.ipynb"))  # no half-written executed notebook
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Unix sockets: POSIX only (Windows kernels stay on TCP)")
+def test_notebook_kernels_use_unix_sockets_not_loopback_tcp():
+    assert suite._kernel_manager()().transport == "ipc"
