@@ -15,8 +15,8 @@ reuse). The variants run alternately in the same process, after warm-up steps, s
 busier or quieter skews no ratio. With ``--data DIR`` (a folder holding ``eurosat_rgb/``), optimised steps also
 run on EuroSAT train images through the loop's own loader (its workers, augmentation), and the share of
 that time spent blocked on the loader is reported; without ``--data``, the data folder
-(``CLIPLAB_DATA``) is used when it holds ``eurosat_rgb/`` (``--no-data`` skips the measurement). The last line prints the ratios; the numbers are
-written as a record (``supplementary/bench/results/bench_train.jsonl``) unless ``--no-record``.
+(``CLIPLAB_DATA``) is used when it holds ``eurosat_rgb/`` (``--no-data`` skips the measurement). The
+last line prints the ratios; the numbers are written as a record (``supplementary/bench/results/bench_train.jsonl``) unless ``--no-record``.
 """
 
 from __future__ import annotations
@@ -127,9 +127,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
                     help="compile the optimised step's image tower (auto: on CUDA only, like the loop)")
-    ap.add_argument("--data", default=None,
-                    help="folder holding eurosat_rgb/ for the data-wait share (default: CLIPLAB_DATA when it holds it)")
-    ap.add_argument("--no-data", action="store_true", help="random tensors only: do not measure the data wait")
+    source = ap.add_mutually_exclusive_group()
+    source.add_argument("--data", default=None,
+                        help="folder holding eurosat_rgb/ for the data-wait share (default: CLIPLAB_DATA when it holds it)")
+    source.add_argument("--no-data", action="store_true", help="random tensors only: do not measure the data wait")
     ap.add_argument("--data-steps", type=int, default=12)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default torch's; 1 is steadier on a CPU shared with other jobs)")
@@ -139,11 +140,9 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     compile_setting = {"auto": "auto", "true": True, "false": False}[args.compile]
 
-    if args.no_data:
-        args.data = None
-    elif args.data is None and (config.data_root() / "eurosat_rgb").is_dir():
+    if args.data is None and not args.no_data and (config.data_root() / "eurosat_rgb").is_dir():
         args.data = str(config.data_root())
-    elif args.data is None:
+    elif args.data is None and not args.no_data:
         print(f"no eurosat_rgb/ in {config.data_root()} (CLIPLAB_DATA) and no --data: the data wait is not measured")
     torch.manual_seed(0)
     device = config.device()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import sys
 import time
@@ -63,6 +64,7 @@ def offline_message(profile: str, problems: list[str]) -> str:
     return "\n".join(lines)
 
 
+@functools.cache
 def _kernel_manager():
     """Kernels talk to the suite over Unix sockets in Jupyter's private runtime folder, not loopback
     TCP: no port open to other local users, and no "Kernel is running over TCP without encryption"

@@ -6,8 +6,8 @@ at a time: 22,000-28,000 pages (90-110 MB) per training step of ResNet-18 or the
 batch 128, on a 2-core VM, and under 200 with freed memory kept, for steps 1.04x (ResNet-18) and
 1.16x (small CLIP) faster (medians of 3 fresh processes each; ``bench/bench_train.py`` prints the
 ratio); the eager ViT-B/32 forward in bf16 ran 1.3x faster on a 2-core AMX VM (105-108 -> 138-150
-img/s, batch 64; a compiled copy, which plans its own buffers, 196-198 either way). PyTorch's CUDA allocator keeps freed blocks the same way. The cost: the process holds on to
-its peak heap (up to ``TRIM_BYTES`` more at the top of it) until it exits.
+img/s, batch 64; a compiled copy, which plans its own buffers, 196-198 either way). PyTorch's CUDA
+allocator keeps freed blocks the same way. The cost: the process holds on to its peak heap (up to ``TRIM_BYTES`` more at the top of it) until it exits.
 
 ``CLIPLAB_MALLOC``: ``keep`` (default) or ``system`` (glibc's own behaviour, untouched). Elsewhere than
 glibc (macOS, musl) nothing changes. Every record states which was in force (``environment.allocator``).

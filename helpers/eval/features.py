@@ -266,7 +266,7 @@ def _decode_in_threads(dataset, batch_size: int, threads: int):
     on 2 cores, against ~2% for decoding in parallel between forward passes (bench/bench_encode.py).
     Each thread decodes one contiguous share of the batch in a loop: one task per image (64 hand-offs
     and GIL switches per batch) cost 0.67-0.75 ms per EuroSAT image on 2 AMX cores against 0.57-0.60
-    ms so (helpers/compiled 0.89 -> 0.90). Images are written straight into one of two batch buffers
+    ms so, a tenth of a compiled ViT-B/32 forward (bench_encode's helpers/compiled 0.86 -> 0.87-0.91). Images are written straight into one of two batch buffers
     used in turn (no tensor per image, no stacking copy; :func:`helpers.data.transforms.apply_into`),
     so a batch stays valid until the one after the next is asked for -- the encode loop is done with
     it by then.
